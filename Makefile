@@ -1,0 +1,35 @@
+# The README's commands. `make test` and `make demo` set up .venv themselves on a fresh machine.
+SHELL := /bin/bash
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.spk-meta-installed
+SOURCES := pyproject.toml $(shell find src configs -type f -not -name '*.pyc' 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: test test-slow install venv info clean
+
+$(VPY):
+	@py="$$(sh scripts/find-python.sh)" || exit 1; \
+	echo "creating $(VENV) with $$py"; \
+	"$$py" -m venv $(VENV) && $(VPY) -m pip install --quiet --upgrade pip
+
+# Non-editable on purpose: Hydra's plugin discovery can silently miss editable installs,
+# and a wheel is what users get. Reinstalled whenever a source or config file changes.
+$(STAMP): $(VPY) $(SOURCES)
+	$(VPY) -m pip install --quiet ".[test]"
+	$(VPY) -m pip install --quiet --no-deps --force-reinstall .
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(VPY) -m pytest -m slow $(PYTEST_ARGS)
+
+info: $(STAMP)
+	$(VENV)/bin/spkmeta info
+
+clean:
+	rm -rf $(VENV) build dist

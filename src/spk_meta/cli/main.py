@@ -1,0 +1,28 @@
+"""``spkmeta``: one command-line tool with subcommands."""
+
+import argparse
+import sys
+from typing import List, Optional
+
+from spk_meta.cli import info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="spkmeta",
+        description="spk-meta: multi-fidelity meta-learning for SchNetPack. "
+        "Training itself runs through SchNetPack's own `spktrain experiment=...`.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    info.add_parser(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""OmegaConf resolvers our Hydra configs use.
+
+``${spkmeta.ethanol_db:NAME}``: absolute path of the SchNetPack database built from the
+embedded ethanol file ``NAME`` (built on first use, in the cache directory).
+"""
+
+from omegaconf import OmegaConf
+
+
+def _ethanol_db(name: str) -> str:
+    from spk_meta.datasets import ethanol_multilevel
+
+    return str(ethanol_multilevel()[name].db)
+
+
+RESOLVERS = {"spkmeta.ethanol_db": _ethanol_db}
+
+
+def register() -> None:
+    """Register our resolvers once (idempotent; Hydra's plugin import calls this too)."""
+    for name, fn in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)

@@ -1,0 +1,28 @@
+"""SchNetPack's ``AtomisticTask``, able to reload the run's own checkpoints under torch >= 2.6."""
+
+from typing import Any, Optional
+
+import schnetpack as spk
+
+from spk_meta.train.checkpoint import trusted_weights_only
+
+
+class AtomisticTask(spk.task.AtomisticTask):
+    """Drop-in for ``schnetpack.AtomisticTask`` (same arguments, same behaviour).
+
+    Only ``load_from_checkpoint`` differs: a checkpoint this run wrote (see
+    :mod:`spk_meta.train.checkpoint`) loads with ``weights_only=False``, which SchNetPack's
+    hyperparameters (the model itself) need; others keep torch's safe default.
+    ``spktrain`` calls this for its best checkpoint after training.
+    """
+
+    @classmethod
+    def load_from_checkpoint(
+        cls, checkpoint_path: Any, *args: Any, weights_only: Optional[bool] = None, **kwargs: Any
+    ):
+        return super().load_from_checkpoint(
+            checkpoint_path,
+            *args,
+            weights_only=trusted_weights_only(checkpoint_path, weights_only),
+            **kwargs,
+        )

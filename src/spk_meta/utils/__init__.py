@@ -1,0 +1,3 @@
+from spk_meta.utils.atomic import atomic_path
+
+__all__ = ["atomic_path"]

@@ -1,0 +1,33 @@
+"""Write-then-rename, so readers never see a half-written file."""
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator, Union
+
+
+@contextlib.contextmanager
+def atomic_path(final: Union[str, Path], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; rename it to ``final`` on success.
+
+    The temporary file keeps ``final``'s suffix (ASE picks the database backend from it)
+    and lives in the same directory, so the rename is atomic on POSIX. On any exception
+    the temporary file is removed and ``final`` is left untouched.
+
+    Args:
+        final: the path the finished file should have.
+        overwrite: replace an existing ``final``; otherwise a ``FileExistsError`` is raised
+            before anything is written.
+    """
+    final = Path(final).absolute()
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} already exists (pass overwrite=True to replace it)")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

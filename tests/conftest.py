@@ -1,0 +1,55 @@
+"""Shared fixtures. Tests use the data shipped inside the installed package, never ../shared."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import ase.io
+import pytest
+
+VENV_BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def cache_root(tmp_path_factory) -> Path:
+    """A per-session $SPKMETA_CACHE, so tests never touch the user's cache."""
+    root = tmp_path_factory.mktemp("spkmeta-cache")
+    os.environ["SPKMETA_CACHE"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def ethanol(cache_root):
+    from spk_meta.datasets import ethanol_multilevel
+
+    return ethanol_multilevel()
+
+
+@pytest.fixture(scope="session")
+def tiny_db(tmp_path_factory, ethanol) -> Path:
+    """40 MP2 ethanol frames as a SchNetPack database built here (eV, eV/Ang)."""
+    from spk_meta.data import write_database
+
+    frames = ase.io.read(ethanol["target_mp2_631gs_train_300K"].extxyz, ":40")
+    out = tmp_path_factory.mktemp("tiny") / "tiny.db"
+    return write_database(frames, out, "MP2/6-31g*", source="tiny")
+
+
+def run_cli(args: List[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:
+    """Run a console script of this venv in ``cwd`` with ``PWD`` set to it.
+
+    SchNetPack's ``train.yaml`` also searches ``$PWD/configs``; running in an empty folder
+    makes sure our configs are found through the plugin, not through the source tree.
+    """
+    exe = VENV_BIN / args[0]
+    full_env = {**os.environ, "PWD": str(cwd), "HYDRA_FULL_ERROR": "1", **env}
+    return subprocess.run(
+        [str(exe), *args[1:]],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

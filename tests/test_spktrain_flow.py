@@ -1,0 +1,71 @@
+"""SchNetPack's whole `spktrain` flow in our pinned stack (torch >= 2.6): fit, test on the
+best checkpoint, best_model, SpkCalculator, resume - with a SchNetPack representation."""
+
+import numpy as np
+import pytest
+import torch
+from schnetpack.interfaces import SpkCalculator
+from schnetpack.transform import ASENeighborList
+
+from conftest import run_cli
+
+TINY_SCHNET = [
+    "model/representation=schnet",
+    "model.representation.n_atom_basis=16",
+    "model.representation.n_interactions=1",
+    "logger=csv",
+]
+
+
+def _tiny_data(db):
+    return [f"data.datapath={db}", "data.num_train=24", "data.num_val=8", "data.num_test=8", "data.batch_size=8"]
+
+
+def _assert_calculator_runs(model_path, ethanol_atoms):
+    calc = SpkCalculator(
+        str(model_path), neighbor_list=ASENeighborList(cutoff=5.2), energy_unit="eV", position_unit="Ang"
+    )
+    atoms = ethanol_atoms.copy()
+    atoms.calc = calc
+    energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+    assert np.isfinite(energy) and forces.shape == (9, 3) and np.isfinite(forces).all()
+    # energies come back on the scale of the data (AddOffsets restores the mean)
+    assert abs(energy - ethanol_atoms.get_potential_energy()) < 50.0
+
+
+def test_our_experiment_fits_tests_saves_and_resumes(tmp_path, tiny_db, ethanol):
+    import ase.io
+
+    atoms = ase.io.read(ethanol["target_mp2_631gs_test_300K"].extxyz, 0)
+    args = ["spktrain", "experiment=reptile_ani", *TINY_SCHNET, *_tiny_data(tiny_db), "run.id=r"]
+    first = run_cli([*args, "trainer.max_epochs=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    run = tmp_path / "runs" / "r"
+    assert (run / "best_model").exists() and (run / "checkpoints" / "last.ckpt").exists()
+    assert "test_forces_rmse" in first.stdout
+    _assert_calculator_runs(run / "best_model", atoms)
+
+    second = run_cli([*args, "trainer.max_epochs=2"], cwd=tmp_path)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-3000:]
+    assert "Restored all states from the checkpoint at checkpoints/last.ckpt" in log
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["epoch"] == 1  # continued into the second epoch instead of starting over
+
+
+def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db):
+    """The README's one-line override makes a stock SchNetPack experiment finish."""
+    result = run_cli(
+        [
+            "spktrain", "experiment=md17", "data=custom", *_tiny_data(tiny_db), *TINY_SCHNET,
+            "data.property_units.energy=eV", "data.property_units.forces=eV/Ang", "data.num_workers=0",
+            "data.num_val_workers=0", "data.num_test_workers=0",
+            "trainer.max_epochs=1", "run.id=stock", "run.experiment=md17_ethanol",
+            "task._target_=spk_meta.task.AtomisticTask",
+            "+trainer.plugins=[{_target_: spk_meta.train.RunCheckpointIO}]",
+        ],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "runs" / "stock" / "best_model").exists()
+    assert "test_energy_mae" in result.stdout
