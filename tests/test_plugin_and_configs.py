@@ -6,7 +6,9 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+import hydra
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -74,6 +76,9 @@ def test_every_group_option_composes(spktrain_compose, group, name):
     cfg = spktrain_compose([*base, f"{group}={name}"])
     node = OmegaConf.select(cfg, group.replace("/", "."))
     assert node is not None and "_target_" in node
+    if group.startswith("model"):
+        model = hydra.utils.instantiate(cfg.model)  # e.g. n_atom_basis must match the AEV
+        assert isinstance(model, torch.nn.Module)
 
 
 def test_spkmeta_info_lists_versions_and_shipped_groups(empty_cwd):

@@ -4,17 +4,28 @@ from typing import Any, Optional
 
 import schnetpack as spk
 
+from spk_meta.model.compat import check_model_against_data
 from spk_meta.train.checkpoint import trusted_weights_only
 
 
 class AtomisticTask(spk.task.AtomisticTask):
     """Drop-in for ``schnetpack.AtomisticTask`` (same arguments, same behaviour).
 
-    Only ``load_from_checkpoint`` differs: a checkpoint this run wrote (see
-    :mod:`spk_meta.train.checkpoint`) loads with ``weights_only=False``, which SchNetPack's
-    hyperparameters (the model itself) need; others keep torch's safe default.
-    ``spktrain`` calls this for its best checkpoint after training.
+    Two additions:
+
+    - ``load_from_checkpoint``: a checkpoint this run wrote (see
+      :mod:`spk_meta.train.checkpoint`) loads with ``weights_only=False``, which SchNetPack's
+      hyperparameters (the model itself) need; others keep torch's safe default.
+      ``spktrain`` calls this for its best checkpoint after training.
+    - ``setup("fit")`` checks the model against the data before the first step (neighbour
+      list cutoff vs the model's cutoff, elements vs the model's element networks) and
+      raises :class:`spk_meta.model.ModelDataMismatch` naming what does not fit.
     """
+
+    def setup(self, stage=None):
+        if stage == "fit" and self.trainer.datamodule is not None:
+            check_model_against_data(self.model, self.trainer.datamodule)
+        super().setup(stage)
 
     @classmethod
     def load_from_checkpoint(

@@ -1,0 +1,93 @@
+"""Catch model/data mismatches before training starts, with messages that name the culprit.
+
+Two checks: the data's neighbour-list cutoff must reach the model's radial cutoff (else
+the representation silently sees truncated environments), and every element in the data
+must have a network in the model (an element-wise model has no weights for the others).
+"""
+
+from typing import Iterable, Optional, Set
+
+import torch
+from ase.data import chemical_symbols
+from ase.db import connect
+from schnetpack.transform.neighborlist import NeighborListTransform
+
+
+class ModelDataMismatch(ValueError):
+    """The model cannot be trained on this data as configured."""
+
+
+def model_cutoff(model: torch.nn.Module) -> Optional[float]:
+    """The largest ``cutoff`` (Ang) declared by a module of the model, if any declares one."""
+    cutoffs = [float(m.cutoff) for m in model.modules() if isinstance(getattr(m, "cutoff", None), (int, float))]
+    cutoffs += [
+        float(m.cutoff_fn.cutoff)
+        for m in model.modules()
+        if hasattr(getattr(m, "cutoff_fn", None), "cutoff")
+    ]
+    return max(cutoffs) if cutoffs else None
+
+
+def neighbor_list_cutoff(transforms: Optional[Iterable[torch.nn.Module]]) -> Optional[float]:
+    """The cutoff (Ang) of the first SchNetPack neighbour-list transform, if any."""
+    for t in transforms or []:
+        if isinstance(t, NeighborListTransform):
+            return float(t._cutoff)
+    return None
+
+
+def model_elements(model: torch.nn.Module) -> Optional[Set[int]]:
+    """Atomic numbers the model has weights for; ``None`` if it handles any element."""
+    supported: Optional[Set[int]] = None
+    for m in model.modules():
+        elements = getattr(m, "supported_atomic_numbers", None)
+        if elements is not None:
+            z = {int(e) for e in elements}
+            supported = z if supported is None else supported & z
+    return supported
+
+
+def dataset_elements(dataset) -> Set[int]:
+    """Atomic numbers in a SchNetPack ``ASEAtomsData`` (or a subset of one).
+
+    Uses the ``elements`` our writer stores in the metadata; otherwise reads the numbers
+    of every row once (no positions or labels).
+    """
+    md = getattr(dataset, "metadata", {}) or {}
+    if "elements" in md:
+        return {int(z) for z in md["elements"]}
+    with connect(dataset.datapath, use_lock_file=False) as conn:
+        return {int(z) for row in conn.select(columns=["numbers"]) for z in row.numbers}
+
+
+def _symbols(zs: Iterable[int]) -> str:
+    return ", ".join(chemical_symbols[z] for z in sorted(zs))
+
+
+def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
+    """Raise :class:`ModelDataMismatch` if the data cannot feed the model.
+
+    Args:
+        model: a SchNetPack model (e.g. ``NeuralNetworkPotential``).
+        datamodule: a SchNetPack ``AtomsDataModule`` after ``setup()``, or any object
+            with ``train_transforms`` and ``dataset``.
+    """
+    needed = model_cutoff(model)
+    transforms = getattr(datamodule, "train_transforms", None)
+    have = neighbor_list_cutoff(transforms)
+    if needed is not None and have is not None and have + 1e-9 < needed:
+        raise ModelDataMismatch(
+            f"the data's neighbour list uses cutoff {have} Ang but the model needs {needed} Ang "
+            f"(its radial cutoff); set the neighbour-list transform's cutoff >= {needed}"
+        )
+    supported = model_elements(model)
+    dataset = getattr(datamodule, "dataset", None)
+    if supported is not None and dataset is not None:
+        unknown = dataset_elements(dataset) - supported
+        if unknown:
+            where = getattr(dataset, "datapath", "the dataset")
+            raise ModelDataMismatch(
+                f"{where} contains element(s) {_symbols(unknown)} that the model does not "
+                f"support (supported: {_symbols(supported)}); choose a model with these "
+                "elements (e.g. model/representation=ani2x) or filter the data"
+            )
