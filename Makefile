@@ -6,7 +6,7 @@ STAMP := $(VENV)/.spk-meta-installed
 SOURCES := pyproject.toml $(shell find src configs -type f -not -name '*.pyc' 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: test test-slow install venv info clean
+.PHONY: test test-slow demo install info clean
 
 $(VPY):
 	@py="$$(sh scripts/find-python.sh)" || exit 1; \
@@ -28,8 +28,14 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
+# The main job on the embedded ethanol data. Runs in demo/ so SchNetPack's $PWD/configs
+# search path entry cannot pick up this source tree instead of the installed configs.
+DEMO_ARGS ?= trainer.max_epochs=30
+demo: $(STAMP)
+	mkdir -p demo && cd demo && PWD="$$(pwd)" ../$(VENV)/bin/spktrain experiment=scratch_ani $(DEMO_ARGS)
+
 info: $(STAMP)
 	$(VENV)/bin/spkmeta info
 
 clean:
-	rm -rf $(VENV) build dist
+	rm -rf $(VENV) build dist demo

@@ -81,3 +81,15 @@ def test_unsupported_element_is_refused_before_training(tmp_path):
     # ANI-2x has a silicon-free element set too, but S/F/Cl: still refused, naming Si
     with pytest.raises(ModelDataMismatch, match=r"element\(s\) Si .*supported: H, C, N, O, F, S, Cl"):
         check_model_against_data(ani_model("ani2x"), _datamodule(db, 5.2, tmp_path / "b"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["painn", "schnet", "ani"])
+def test_architecture_swap_is_one_override(tmp_path, model):
+    """Each architecture runs the whole spktrain flow with the same experiment file."""
+    result = run_cli(
+        ["spktrain", "experiment=scratch_ani", f"model={model}", "trainer.max_epochs=1", "logger=csv", "run.id=m"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "runs" / "m" / "best_model").exists()
