@@ -10,7 +10,7 @@ from schnetpack.transform import ASENeighborList
 from conftest import run_cli
 
 TINY_SCHNET = [
-    "model/representation=schnet",
+    "model=schnet",
     "model.representation.n_atom_basis=16",
     "model.representation.n_interactions=1",
     "logger=csv",
@@ -57,7 +57,8 @@ def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db)
     """The README's one-line override makes a stock SchNetPack experiment finish."""
     result = run_cli(
         [
-            "spktrain", "experiment=md17", "data=custom", *_tiny_data(tiny_db), *TINY_SCHNET,
+            "spktrain", "experiment=md17", "data=custom", *_tiny_data(tiny_db),
+            "model/representation=schnet", *TINY_SCHNET[1:],
             "data.property_units.energy=eV", "data.property_units.forces=eV/Ang", "data.num_workers=0",
             "data.num_val_workers=0", "data.num_test_workers=0",
             "trainer.max_epochs=1", "run.id=stock", "run.experiment=md17_ethanol",
