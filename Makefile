@@ -30,7 +30,7 @@ test-slow: $(STAMP)
 
 # The main job on the embedded ethanol data. Runs in demo/ so SchNetPack's $PWD/configs
 # search path entry cannot pick up this source tree instead of the installed configs.
-DEMO_ARGS ?= trainer.max_epochs=30
+DEMO_ARGS ?=
 demo: $(STAMP)
 	mkdir -p demo && cd demo && PWD="$$(pwd)" ../$(VENV)/bin/spktrain experiment=scratch_ani $(DEMO_ARGS)
 
