@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests use the data shipped inside the installed package, never ../shared."""
+"""Shared fixtures. Tests use the data shipped inside the installed package only."""
 
 import os
 import subprocess

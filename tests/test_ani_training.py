@@ -78,7 +78,7 @@ def test_unsupported_element_is_refused_before_training(tmp_path):
     db = write_database(frames, tmp_path / "silane.db", "HF/sto-3g")
     with pytest.raises(ModelDataMismatch, match=r"silane.db contains element\(s\) Si .*supported: H, C, N, O"):
         check_model_against_data(ani_model(), _datamodule(db, 5.2, tmp_path))
-    # ANI-2x has a silicon-free element set too, but S/F/Cl: still refused, naming Si
+    # ANI-2x adds S, F and Cl but still no Si: refused too, naming Si
     with pytest.raises(ModelDataMismatch, match=r"element\(s\) Si .*supported: H, C, N, O, F, S, Cl"):
         check_model_against_data(ani_model("ani2x"), _datamodule(db, 5.2, tmp_path / "b"))
 
