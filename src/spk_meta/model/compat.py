@@ -69,8 +69,8 @@ def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
 
     Args:
         model: a SchNetPack model (e.g. ``NeuralNetworkPotential``).
-        datamodule: a SchNetPack ``AtomsDataModule`` after ``setup()``, or any object
-            with ``train_transforms`` and ``dataset``.
+        datamodule: a SchNetPack ``AtomsDataModule`` or a
+            :class:`~spk_meta.data.TaskDataModule` after ``setup()``.
     """
     needed = model_cutoff(model)
     transforms = getattr(datamodule, "train_transforms", None)
@@ -81,13 +81,24 @@ def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
             f"(its radial cutoff); set the neighbour-list transform's cutoff >= {needed}"
         )
     supported = model_elements(model)
-    dataset = getattr(datamodule, "dataset", None)
-    if supported is not None and dataset is not None:
-        unknown = dataset_elements(dataset) - supported
+    if supported is None:
+        return
+    for where, elements in _data_elements(datamodule):
+        unknown = elements - supported
         if unknown:
-            where = getattr(dataset, "datapath", "the dataset")
             raise ModelDataMismatch(
                 f"{where} contains element(s) {_symbols(unknown)} that the model does not "
                 f"support (supported: {_symbols(supported)}); choose a model with these "
                 "elements (e.g. model/representation=ani2x) or filter the data"
             )
+
+
+def _data_elements(datamodule):
+    """``(description, atomic numbers)`` per database the data module reads."""
+    task_elements = getattr(datamodule, "task_elements", None)
+    if callable(task_elements):
+        return [(f"task '{name}' ({path})", z) for name, (path, z) in task_elements().items()]
+    dataset = getattr(datamodule, "dataset", None)
+    if dataset is None:
+        return []
+    return [(getattr(dataset, "datapath", "the dataset"), dataset_elements(dataset))]

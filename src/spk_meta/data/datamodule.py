@@ -1,0 +1,532 @@
+"""``TaskDataModule``: per-task splits, energy references, transforms and loaders.
+
+The data side of multi-fidelity training. It reads each task database once
+(:class:`~spk_meta.data.TaskDataset`), splits every task (the split is saved in the run
+directory and reused on resume), fits each task's per-element energy reference on its
+training split and subtracts it from that task's energies, applies SchNetPack transforms
+per task (caching deterministic ones) and serves:
+
+- ``train_dataloader()``: one task -> ordinary shuffled batches; several tasks -> joint
+  epochs (every training frame once, each batch from one task, tasks interleaved);
+- ``task_stream(name)``: endless batches of one task, reshuffled each pass, for episodic
+  training (the training task picks the task and how many batches; this module serves);
+- ``val_dataloader()``/``test_dataloader()``: one loader per task (``dataloader_idx`` is
+  the task index).
+
+For SchNetPack's ``AddOffsets``/``RemoveOffsets`` it exposes the statistics of one *active*
+task (``train_dataset.atomrefs``, ``get_atomrefs``, ``get_stats``): the only task in
+single-task mode, else ``active_task`` if set, else none, and the model then predicts
+reference-subtracted energies.
+"""
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from ase.data import chemical_symbols
+from schnetpack import properties as structure
+from schnetpack.data import AtomsLoader
+from schnetpack.data.loader import _atoms_collate_fn
+from schnetpack.transform import RemoveOffsets
+
+from spk_meta.data.atomrefs import AtomicEnergies, fit_atomic_energies
+from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
+from spk_meta.data.task_dataset import (
+    PathLike,
+    TaskDataError,
+    TaskDataset,
+    TaskSubset,
+    split_counts,
+)
+from spk_meta.utils import atomic_path
+
+log = logging.getLogger(__name__)
+
+SplitValue = Optional[Union[int, float, Mapping[str, Union[int, float]]]]
+SPLITS = ("train", "val", "test")
+REFERENCE_MODES = ("fit", "none")
+
+
+class TaskSplitMismatch(TaskDataError):
+    """A saved split file does not belong to the tasks of this run."""
+
+
+def _per_task(value: SplitValue, name: str, what: str):
+    if hasattr(value, "items"):
+        if name not in value:
+            raise TaskDataError(f"{what} gives no value for task '{name}' (it has: {', '.join(value)})")
+        return value[name]
+    return value
+
+
+class ConcatTaskSubsets(torch.utils.data.ConcatDataset):
+    """Several tasks' splits as one dataset; ``atomrefs`` are zeros (no single level)."""
+
+    def __init__(self, subsets: Sequence[TaskSubset], energy_key: str):
+        super().__init__(list(subsets))
+        self.energy_key = energy_key
+
+    @property
+    def atomrefs(self) -> Dict[str, torch.Tensor]:
+        return {self.energy_key: torch.zeros(100, dtype=torch.float64)}
+
+
+class TaskDataModule(pl.LightningDataModule):
+    """Lightning data module over one SchNetPack ASE database per level of theory.
+
+    Args:
+        tasks: ``{name: database}`` (names are task names, conventionally level-of-theory
+            slugs) or a list of databases (named by the slug in their metadata).
+        batch_size: structures per batch (every batch holds one task).
+        num_train, num_val, num_test: per task, an ``int`` count or a ``float`` fraction;
+            or a mapping ``{task: value}``. ``num_test=None``: the remaining frames.
+        split_file: where the per-task split is saved (relative: the working directory,
+            i.e. ``spktrain``'s run directory); reused if it exists. ``None``: don't save.
+        split_seed: seed for drawing the split; ``None`` uses NumPy's global RNG, which
+            ``spktrain`` seeds with ``seed``.
+        reference_energies: ``"fit"``: least-squares per-element E0 on each task's
+            training split, subtracted from that task's energies (a RemoveOffsets
+            transform must then not be used); ``"none"``: energies as stored.
+        references_file: where the fitted references are written (JSON, keyed by task).
+        active_task: the task whose references and statistics ``AddOffsets`` sees;
+            defaults to the only task in single-task mode.
+        transforms: SchNetPack transforms for every split (copied per task and split);
+            ``train_transforms``/``val_transforms``/``test_transforms`` override them.
+        cache_transformed: cache transformed samples in memory; ``None`` = when every
+            transform is deterministic.
+        task_sampling, sampling_temperature: how tasks are weighted for episodes (see
+            :func:`~spk_meta.data.task_sampling_weights`).
+        energy_key, forces_key: property names in the databases.
+        distance_unit, energy_unit: one unit system for all tasks (forces in
+            ``energy_unit/distance_unit``).
+        nan_policy: ``"fail"`` or ``"skip"`` frames with NaN/inf labels.
+        num_workers, num_val_workers, num_test_workers, pin_memory: as in SchNetPack's
+            ``AtomsDataModule`` (0 workers is usually fastest here: data are in memory).
+        train_sampler_cls, train_sampler_args: a sampler for the training split, as
+            ``spktrain`` passes it (single-task mode only).
+        stream_seed: seed of the per-task streams (task ``i`` uses ``stream_seed + i``);
+            ``None``: drawn from torch's global RNG at setup (seeded by ``spktrain``).
+    """
+
+    def __init__(
+        self,
+        tasks: Union[Mapping[str, PathLike], Sequence[PathLike]],
+        batch_size: int = 16,
+        num_train: SplitValue = 0.8,
+        num_val: SplitValue = 0.1,
+        num_test: SplitValue = None,
+        split_file: Optional[str] = "task_splits.npz",
+        split_seed: Optional[int] = None,
+        reference_energies: str = "fit",
+        references_file: Optional[str] = "energy_references.json",
+        active_task: Optional[str] = None,
+        transforms: Optional[List[torch.nn.Module]] = None,
+        train_transforms: Optional[List[torch.nn.Module]] = None,
+        val_transforms: Optional[List[torch.nn.Module]] = None,
+        test_transforms: Optional[List[torch.nn.Module]] = None,
+        cache_transformed: Optional[bool] = None,
+        task_sampling: str = "uniform",
+        sampling_temperature: float = 1.0,
+        energy_key: str = structure.energy,
+        forces_key: Optional[str] = structure.forces,
+        distance_unit: str = "Ang",
+        energy_unit: str = "eV",
+        nan_policy: str = "fail",
+        num_workers: int = 0,
+        num_val_workers: Optional[int] = None,
+        num_test_workers: Optional[int] = None,
+        pin_memory: bool = False,
+        train_sampler_cls: Optional[Type] = None,
+        train_sampler_args: Optional[Dict[str, Any]] = None,
+        stream_seed: Optional[int] = None,
+        progress: Optional[bool] = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if reference_energies not in REFERENCE_MODES:
+            raise ValueError(f"reference_energies must be one of {REFERENCE_MODES}, got {reference_energies!r}")
+        if kwargs:
+            log.info("TaskDataModule ignores SchNetPack data options %s", sorted(kwargs))
+        self.tasks_config = tasks
+        self.batch_size = int(batch_size)
+        self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
+        self.split_file = split_file
+        self.split_seed = split_seed
+        self.reference_energies = reference_energies
+        self.references_file = references_file
+        self._active_task = active_task
+        transforms = list(transforms or [])
+        self.train_transforms = list(train_transforms) if train_transforms is not None else copy.deepcopy(transforms)
+        self.val_transforms = list(val_transforms) if val_transforms is not None else copy.deepcopy(transforms)
+        self.test_transforms = list(test_transforms) if test_transforms is not None else copy.deepcopy(transforms)
+        self.cache_transformed = cache_transformed
+        self.task_sampling = task_sampling
+        self.sampling_temperature = float(sampling_temperature)
+        self.energy_key = energy_key
+        self.forces_key = forces_key
+        self.distance_unit = distance_unit
+        self.energy_unit = energy_unit
+        self.nan_policy = nan_policy
+        self.num_workers = int(num_workers)
+        self.num_val_workers = self.num_workers if num_val_workers is None else int(num_val_workers)
+        self.num_test_workers = self.num_workers if num_test_workers is None else int(num_test_workers)
+        self.pin_memory = pin_memory
+        self.train_sampler_cls = train_sampler_cls
+        self.train_sampler_args = dict(train_sampler_args or {})
+        self.stream_seed = stream_seed
+        self.progress = progress
+
+        self.dataset: Optional[TaskDataset] = None
+        self.splits: Dict[str, Dict[str, np.ndarray]] = {}
+        self.energy_references: Dict[str, AtomicEnergies] = {}
+        self.subsets: Dict[str, Dict[str, TaskSubset]] = {}
+        self._streams: Dict[str, TaskBatchStream] = {}
+        self._pending_stream_state: Dict[str, dict] = {}
+        self._joint_sampler: Optional[TaskBatchSampler] = None
+        if self.reference_energies == "fit":
+            for t in self.train_transforms + self.val_transforms + self.test_transforms:
+                if isinstance(t, RemoveOffsets):
+                    raise TaskDataError(
+                        "TaskDataModule subtracts each task's fitted energy reference itself "
+                        "(reference_energies='fit'); remove the RemoveOffsets transform, or set "
+                        "reference_energies='none' to keep it"
+                    )
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.dataset is not None:
+            return
+        self.dataset = TaskDataset(
+            self.tasks_config,
+            energy_key=self.energy_key,
+            forces_key=self.forces_key,
+            distance_unit=self.distance_unit,
+            energy_unit=self.energy_unit,
+            nan_policy=self.nan_policy,
+            progress=self.progress,
+        )
+        if self._active_task is not None and self._active_task not in self.dataset:
+            raise TaskDataError(
+                f"active_task '{self._active_task}' is not a task (tasks: {', '.join(self.dataset)})"
+            )
+        self.splits = self._load_or_make_splits()
+        if self.reference_energies == "fit":
+            self._fit_references()
+        for name, data in self.dataset.items():
+            self.subsets[name] = {
+                split: TaskSubset(
+                    data,
+                    self.splits[name][split],
+                    copy.deepcopy(getattr(self, f"{split}_transforms")),
+                    cache=self.cache_transformed,
+                )
+                for split in SPLITS
+            }
+        # SchNetPack transforms may read statistics from the data module (like in
+        # AtomsDataModule.setup); plain nn.Modules have no such hook
+        every = self.train_transforms + self.val_transforms + self.test_transforms
+        every += [t for n in self.dataset for s in SPLITS for t in self.subsets[n][s].transforms]
+        for t in every:
+            if callable(getattr(t, "datamodule", None)):
+                t.datamodule(self)
+        if self.stream_seed is None:
+            self.stream_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        self._joint_sampler = TaskBatchSampler(
+            [len(self.subsets[n]["train"]) for n in self.task_names], self.batch_size, seed=self.stream_seed
+        )
+
+    def _make_split(self, name: str) -> Dict[str, np.ndarray]:
+        data = self.dataset[name]
+        where = f"task '{name}' ({data.path})"
+        n_train, n_val, n_test = split_counts(
+            len(data),
+            _per_task(self.num_train, name, "num_train"),
+            _per_task(self.num_val, name, "num_val"),
+            _per_task(self.num_test, name, "num_test"),
+            where,
+        )
+        rng = np.random.default_rng(self.split_seed) if self.split_seed is not None else np.random
+        perm = rng.permutation(len(data))
+        return {
+            "train": np.sort(perm[:n_train]),
+            "val": np.sort(perm[n_train : n_train + n_val]),
+            "test": np.sort(perm[n_train + n_val : n_train + n_val + n_test]),
+        }
+
+    def _load_or_make_splits(self) -> Dict[str, Dict[str, np.ndarray]]:
+        path = Path(self.split_file) if self.split_file else None
+        if path is not None and path.exists():
+            splits = self._read_split_file(path)
+            log.info("Reusing the task splits in %s", path.absolute())
+            return splits
+        splits = {name: self._make_split(name) for name in self.dataset}
+        if path is not None:
+            self._write_split_file(path, splits)
+        return splits
+
+    def _write_split_file(self, path: Path, splits) -> None:
+        arrays = {"tasks": np.array(list(splits))}
+        for name, parts in splits.items():
+            data = self.dataset[name]
+            arrays[f"{name}/database"] = np.array(str(data.path))
+            arrays[f"{name}/n_frames"] = np.array(len(data))
+            for split, pos in parts.items():
+                arrays[f"{name}/{split}_idx"] = data.db_index[pos]  # database rows
+        with atomic_path(path, overwrite=True) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+
+    def _read_split_file(self, path: Path) -> Dict[str, Dict[str, np.ndarray]]:
+        try:
+            z = np.load(path, allow_pickle=False)
+            saved = [str(t) for t in z["tasks"]]
+        except Exception as err:
+            raise TaskSplitMismatch(f"{path}: not a task split file ({err})") from None
+        if sorted(saved) != sorted(self.dataset):
+            raise TaskSplitMismatch(
+                f"{path}: the saved split is for tasks [{', '.join(saved)}] but this run has "
+                f"[{', '.join(self.dataset)}]; use a new run directory or delete the file"
+            )
+        splits = {}
+        for name, data in self.dataset.items():
+            position = {int(r): i for i, r in enumerate(data.db_index)}
+            parts = {}
+            for split in SPLITS:
+                rows = z[f"{name}/{split}_idx"]
+                missing = [int(r) for r in rows if int(r) not in position]
+                if missing:
+                    raise TaskSplitMismatch(
+                        f"{path}: task '{name}' split '{split}' names database rows "
+                        f"{missing[:5]} that {data.path} does not provide"
+                    )
+                parts[split] = np.array([position[int(r)] for r in rows], dtype=np.int64)
+            splits[name] = parts
+        return splits
+
+    def _fit_references(self) -> None:
+        for name, data in self.dataset.items():
+            train = self.splits[name]["train"]
+            ref = fit_atomic_energies([data.numbers(i) for i in train], data.energies[train])
+            data.set_reference(ref)
+            self.energy_references[name] = ref
+            if ref.rank_deficient:
+                log.info(
+                    "task '%s': %d compositions cannot separate %d elements; E0 is the "
+                    "minimum-norm fit (exact for the mean energy of each composition)",
+                    name, ref.rank, len(ref.elements),
+                )
+        if self.references_file:
+            self.write_references(self.references_file)
+
+    def references_as_dict(self) -> Dict[str, Any]:
+        """The fitted references, JSON-ready: ``{task: {elements, values, unit, ...}}``."""
+        out = {}
+        for name, ref in self.energy_references.items():
+            level = self.dataset[name].level_of_theory
+            out[name] = {
+                "level_of_theory": level.name if level else None,
+                "database": str(self.dataset[name].path),
+                "unit": self.energy_unit,
+                "elements": list(ref.elements),
+                "symbols": [chemical_symbols[z] for z in ref.elements],
+                "values": [float(v) for v in ref.values],
+                "rank": ref.rank,
+                "rank_deficient": ref.rank_deficient,
+                "residual_rms": ref.residual_rms,
+            }
+        return out
+
+    def write_references(self, path: Union[str, Path]) -> Path:
+        path = Path(path)
+        with atomic_path(path, overwrite=True) as tmp:
+            tmp.write_text(json.dumps(self.references_as_dict(), indent=1))
+        return path
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    def _require_setup(self):
+        if self.dataset is None:
+            raise RuntimeError("TaskDataModule.setup() has not been called yet")
+
+    @property
+    def task_names(self) -> List[str]:
+        self._require_setup()
+        return self.dataset.names
+
+    @property
+    def single_task(self) -> bool:
+        self._require_setup()
+        return len(self.dataset) == 1
+
+    @property
+    def active_task(self) -> Optional[str]:
+        if self._active_task is not None:
+            return self._active_task
+        if self.dataset is not None and len(self.dataset) == 1:
+            return self.dataset.names[0]
+        return None
+
+    @active_task.setter
+    def active_task(self, name: Optional[str]) -> None:
+        if name is not None and self.dataset is not None and name not in self.dataset:
+            raise TaskDataError(f"active_task '{name}' is not a task (tasks: {', '.join(self.dataset)})")
+        self._active_task = name
+
+    def task_sampling_weights(self) -> Dict[str, float]:
+        """Probability of each task per episode, from ``task_sampling``."""
+        sizes = {n: len(self.subsets[n]["train"]) for n in self.task_names}
+        return task_sampling_weights(sizes, self.task_sampling, self.sampling_temperature)
+
+    def task_elements(self) -> Dict[str, Tuple[Path, set]]:
+        """``{task: (database, atomic numbers)}``: what each task needs a model to support."""
+        self._require_setup()
+        return {n: (d.path, set(d.elements)) for n, d in self.dataset.items()}
+
+    def task_has_forces(self, name: str) -> bool:
+        self._require_setup()
+        return self.dataset[name].has_forces
+
+    # -- datasets ------------------------------------------------------------------------
+
+    def _split_dataset(self, split: str):
+        self._require_setup()
+        if self.active_task is not None:
+            return self.subsets[self.active_task][split]
+        return ConcatTaskSubsets([self.subsets[n][split] for n in self.task_names], self.energy_key)
+
+    @property
+    def train_dataset(self):
+        """The active task's training split (all tasks concatenated if none is active)."""
+        return self._split_dataset("train")
+
+    @property
+    def val_dataset(self):
+        return self._split_dataset("val")
+
+    @property
+    def test_dataset(self):
+        return self._split_dataset("test")
+
+    def get_atomrefs(self, property: str, is_extensive: bool = True) -> Dict[str, torch.Tensor]:
+        """The active task's fitted E0 as SchNetPack atomrefs ``{property: (100,)}``."""
+        self._check_property(property)
+        return self.train_dataset.atomrefs
+
+    def get_stats(
+        self, property: str, divide_by_atoms: bool, remove_atomref: bool
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the active task's training energies (all tasks if none is active).
+
+        ``remove_atomref=True``: of the energies as served (reference subtracted);
+        ``False``: of the total energies. ``divide_by_atoms``: per atom.
+        """
+        self._check_property(property)
+        names = [self.active_task] if self.active_task is not None else self.task_names
+        values = []
+        for name in names:
+            data = self.dataset[name]
+            idx = self.subsets[name]["train"].indices
+            e = data.energies[idx] - (data._reference_energy[idx] if remove_atomref else 0.0)
+            if divide_by_atoms:
+                e = e / data.n_atoms()[idx]
+            values.append(e)
+        v = torch.from_numpy(np.concatenate(values))
+        return v.mean(), v.std()
+
+    def _check_property(self, property: str) -> None:
+        self._require_setup()
+        if property != self.energy_key:
+            raise KeyError(
+                f"TaskDataModule provides statistics and references for '{self.energy_key}' "
+                f"only, not '{property}'"
+            )
+
+    # -- loaders -------------------------------------------------------------------------
+
+    def _loader(self, dataset, workers: int, shuffle: bool = False, **kw) -> AtomsLoader:
+        return AtomsLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=workers > 0,
+            **kw,
+        )
+
+    def train_dataloader(self):
+        self._require_setup()
+        if self.single_task:
+            train = self.subsets[self.task_names[0]]["train"]
+            if self.train_sampler_cls is not None:
+                sampler = self.train_sampler_cls(data_source=train, **self.train_sampler_args)
+                return self._loader(train, self.num_workers, sampler=sampler)
+            return self._loader(train, self.num_workers, shuffle=True)
+        if self.train_sampler_cls is not None:
+            raise TaskDataError(
+                "train_sampler_cls applies to single-task data only; with several tasks the "
+                "batches come from TaskDataModule's own per-task sampling"
+            )
+        concat = ConcatTaskSubsets([self.subsets[n]["train"] for n in self.task_names], self.energy_key)
+        return torch.utils.data.DataLoader(
+            concat,
+            batch_sampler=self._joint_sampler,
+            collate_fn=_atoms_collate_fn,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _per_task_loaders(self, split: str, workers: int):
+        self._require_setup()
+        loaders = [self._loader(self.subsets[n][split], workers) for n in self.task_names]
+        return loaders[0] if self.single_task else loaders
+
+    def val_dataloader(self):
+        return self._per_task_loaders("val", self.num_val_workers)
+
+    def test_dataloader(self):
+        return self._per_task_loaders("test", self.num_test_workers)
+
+    def task_stream(self, name: str) -> TaskBatchStream:
+        """Endless batches of task ``name``'s training split (one stream per task)."""
+        self._require_setup()
+        if name not in self._streams:
+            data = self.dataset[name]
+            stream = TaskBatchStream(self.subsets[name]["train"], self.batch_size, seed=self.stream_seed + data.index)
+            if name in self._pending_stream_state:
+                stream.load_state_dict(self._pending_stream_state.pop(name))
+            self._streams[name] = stream
+        return self._streams[name]
+
+    def next_batch(self, name: str) -> Dict[str, torch.Tensor]:
+        """The next batch of task ``name`` (CPU tensors)."""
+        return next(self.task_stream(name))
+
+    # -- state for checkpoints -----------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        streams = {n: s.state_dict() for n, s in self._streams.items()}
+        streams.update({n: s for n, s in self._pending_stream_state.items() if n not in streams})
+        return {
+            "stream_seed": self.stream_seed,
+            "streams": streams,
+            "joint_epoch": self._joint_sampler.epoch if self._joint_sampler else 0,
+            "energy_references": self.references_as_dict() if self.dataset is not None else {},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("stream_seed") is not None:
+            self.stream_seed = int(state["stream_seed"])
+        if self._joint_sampler is not None:
+            self._joint_sampler.seed = self.stream_seed
+            self._joint_sampler.epoch = int(state.get("joint_epoch", 0))
+        self._streams.clear()
+        self._pending_stream_state = dict(state.get("streams", {}))
+
