@@ -21,7 +21,7 @@ def _tiny_data(db):
     return [f"data.datapath={db}", "data.num_train=24", "data.num_val=8", "data.num_test=8", "data.batch_size=8"]
 
 
-def _assert_calculator_runs(model_path, ethanol_atoms):
+def _assert_calculator_runs(model_path, ethanol_atoms, reference_subtracted=False):
     calc = SpkCalculator(
         str(model_path), neighbor_list=ASENeighborList(cutoff=5.2), energy_unit="eV", position_unit="Ang"
     )
@@ -29,28 +29,41 @@ def _assert_calculator_runs(model_path, ethanol_atoms):
     atoms.calc = calc
     energy, forces = atoms.get_potential_energy(), atoms.get_forces()
     assert np.isfinite(energy) and forces.shape == (9, 3) and np.isfinite(forces).all()
-    # energies come back on the scale of the data (AddOffsets restores the mean)
-    assert abs(energy - ethanol_atoms.get_potential_energy()) < 50.0
+    if reference_subtracted:
+        # pre-trained on several levels, no level chosen yet: no E0 is added back
+        assert abs(energy) < 50.0
+    else:
+        # energies come back on the scale of the data (AddOffsets restores the E0)
+        assert abs(energy - ethanol_atoms.get_potential_energy()) < 50.0
 
 
-def test_our_experiment_fits_tests_saves_and_resumes(tmp_path, tiny_db, ethanol):
+TINY_TASKS = ["data.num_train=24", "data.num_val=8", "data.num_test=8", "data.batch_size=8"]
+
+
+def test_our_experiment_fits_tests_saves_and_resumes(tmp_path, ethanol):
     import ase.io
 
     atoms = ase.io.read(ethanol["target_mp2_631gs_test_300K"].extxyz, 0)
-    args = ["spktrain", "experiment=reptile_ani", *TINY_SCHNET, *_tiny_data(tiny_db), "run.id=r"]
+    args = ["spktrain", "experiment=reptile_ani", *TINY_SCHNET, *TINY_TASKS, "task.inner_steps=3", "run.id=r"]
     first = run_cli([*args, "trainer.max_epochs=1"], cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     run = tmp_path / "runs" / "r"
     assert (run / "best_model").exists() and (run / "checkpoints" / "last.ckpt").exists()
-    assert "test_forces_rmse" in first.stdout
-    _assert_calculator_runs(run / "best_model", atoms)
+    for task in ("wb97x_6-31gs", "b3lyp_def2-svp", "hf_def2-svp"):
+        assert f"test_{task}_forces_rmse" in first.stdout
+    assert (run / "task_splits.npz").exists() and (run / "energy_references.json").exists()
+    _assert_calculator_runs(run / "best_model", atoms, reference_subtracted=True)
 
+    steps_one_epoch = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert steps_one_epoch == 9  # 3 tasks x 24 frames / batch 8 = 9 inner steps = 3 outer steps
     second = run_cli([*args, "trainer.max_epochs=2"], cwd=tmp_path)
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-3000:]
     assert "Restored all states from the checkpoint at checkpoints/last.ckpt" in log
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["epoch"] == 1  # continued into the second epoch instead of starting over
+    # continued with the second epoch instead of starting over
+    assert ckpt["global_step"] == 2 * steps_one_epoch
+    assert "Epoch 1/1" in log and "Epoch 0/1" not in log
 
 
 def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db):

@@ -173,8 +173,9 @@ def test_joint_epoch_covers_every_training_frame_once(tasks, in_tmp):
     assert n_batches == len(loader) == 3 * 8
     for name, data in dm.dataset.items():
         assert sorted(counts[data.index]) == sorted(data.db_index[dm.splits[name]["train"]].tolist())
-    vals = dm.val_dataloader()
-    assert len(vals) == 3 and all(len(v.dataset) == 30 for v in vals)
+    val_tasks = [b["_task"].tolist() for b in dm.val_dataloader()]
+    assert all(len(set(t)) == 1 for t in val_tasks)
+    assert sorted(sum(val_tasks, [])) == sorted([0] * 30 + [1] * 30 + [2] * 30)
 
 
 def test_transformed_samples_are_cached_and_not_mutated(tasks, in_tmp):

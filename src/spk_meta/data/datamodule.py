@@ -10,8 +10,8 @@ per task (caching deterministic ones) and serves:
   epochs (every training frame once, each batch from one task, tasks interleaved);
 - ``task_stream(name)``: endless batches of one task, reshuffled each pass, for episodic
   training (the training task picks the task and how many batches; this module serves);
-- ``val_dataloader()``/``test_dataloader()``: one loader per task (``dataloader_idx`` is
-  the task index).
+- ``val_dataloader()``/``test_dataloader()``: one loader, task after task, each batch
+  from one task (``batch["_task"]``), so per-task metrics need no ``dataloader_idx``.
 
 For SchNetPack's ``AddOffsets``/``RemoveOffsets`` it exposes the statistics of one *active*
 task (``train_dataset.atomrefs``, ``get_atomrefs``, ``get_stats``): the only task in
@@ -21,6 +21,7 @@ reference-subtracted energies.
 
 import copy
 import json
+import math
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
@@ -188,6 +189,9 @@ class TaskDataModule(pl.LightningDataModule):
         self._streams: Dict[str, TaskBatchStream] = {}
         self._pending_stream_state: Dict[str, dict] = {}
         self._joint_sampler: Optional[TaskBatchSampler] = None
+        #: set by an episodic task (ReptileTask: k x tasks per step): the training loader
+        #: then yields outer-step numbers and the task draws its batches from task_stream()
+        self.episode_steps: Optional[int] = None
         if self.reference_energies == "fit":
             for t in self.train_transforms + self.val_transforms + self.test_transforms:
                 if isinstance(t, RemoveOffsets):
@@ -462,6 +466,8 @@ class TaskDataModule(pl.LightningDataModule):
 
     def train_dataloader(self):
         self._require_setup()
+        if self.episode_steps:
+            return self.outer_step_loader()
         if self.single_task:
             train = self.subsets[self.task_names[0]]["train"]
             if self.train_sampler_cls is not None:
@@ -473,26 +479,41 @@ class TaskDataModule(pl.LightningDataModule):
                 "train_sampler_cls applies to single-task data only; with several tasks the "
                 "batches come from TaskDataModule's own per-task sampling"
             )
-        concat = ConcatTaskSubsets([self.subsets[n]["train"] for n in self.task_names], self.energy_key)
+        return self._task_batches("train", self._joint_sampler, self.num_workers)
+
+    def _task_batches(self, split: str, sampler: TaskBatchSampler, workers: int):
+        concat = ConcatTaskSubsets([self.subsets[n][split] for n in self.task_names], self.energy_key)
         return torch.utils.data.DataLoader(
             concat,
-            batch_sampler=self._joint_sampler,
+            batch_sampler=sampler,
             collate_fn=_atoms_collate_fn,
-            num_workers=self.num_workers,
+            num_workers=workers,
             pin_memory=self.pin_memory,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
         )
 
-    def _per_task_loaders(self, split: str, workers: int):
+    def outer_step_loader(self) -> torch.utils.data.DataLoader:
+        """Outer-step numbers for an episodic task: one epoch = as many outer steps as make
+        the inner steps (``episode_steps`` each) add up to one pass over all training
+        batches, at least one."""
+        total = sum(self.task_stream(n).batches_per_pass for n in self.task_names)
+        steps = max(1, math.ceil(total / self.episode_steps))
+        return torch.utils.data.DataLoader(range(steps), batch_size=None)
+
+    def _evaluation_loader(self, split: str, workers: int):
+        """All tasks' ``split`` in one loader, task by task; batches never mix tasks and
+        carry their task index (``batch["_task"]``) for per-task metrics."""
         self._require_setup()
-        loaders = [self._loader(self.subsets[n][split], workers) for n in self.task_names]
-        return loaders[0] if self.single_task else loaders
+        if self.single_task:
+            return self._loader(self.subsets[self.task_names[0]][split], workers)
+        sizes = [len(self.subsets[n][split]) for n in self.task_names]
+        return self._task_batches(split, TaskBatchSampler(sizes, self.batch_size, shuffle=False), workers)
 
     def val_dataloader(self):
-        return self._per_task_loaders("val", self.num_val_workers)
+        return self._evaluation_loader("val", self.num_val_workers)
 
     def test_dataloader(self):
-        return self._per_task_loaders("test", self.num_test_workers)
+        return self._evaluation_loader("test", self.num_test_workers)
 
     def task_stream(self, name: str) -> TaskBatchStream:
         """Endless batches of task ``name``'s training split (one stream per task)."""

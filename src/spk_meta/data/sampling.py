@@ -121,12 +121,14 @@ class TaskBatchSampler(torch.utils.data.Sampler):
         sizes: frames per task, in the order of the ``ConcatDataset``.
         batch_size: structures per batch.
         seed: seed of the sampler's generator; epoch ``e`` uses ``seed + e``.
+        shuffle: ``False`` for evaluation: task by task, frames in order.
     """
 
-    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0):
+    def __init__(self, sizes: Sequence[int], batch_size: int, seed: int = 0, shuffle: bool = True):
         self.sizes = [int(n) for n in sizes]
         self.batch_size = int(batch_size)
         self.seed = int(seed)
+        self.shuffle = shuffle
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -134,12 +136,16 @@ class TaskBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        self.epoch += 1
         batches = []
         offset = 0
         for n in self.sizes:
-            perm = (torch.randperm(n, generator=g) + offset).tolist()
+            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+            perm = (order + offset).tolist()
             batches += [perm[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
             offset += n
+        if not self.shuffle:
+            yield from batches
+            return
+        self.epoch += 1
         for b in torch.randperm(len(batches), generator=g).tolist():
             yield batches[b]

@@ -1,4 +1,4 @@
-"""Checks between a SchNetPack model and the data it is trained on."""
+"""Model-side helpers: checks against the data, loading pre-trained models."""
 
 from spk_meta.model.compat import (
     ModelDataMismatch,
@@ -6,7 +6,9 @@ from spk_meta.model.compat import (
     dataset_elements,
     model_elements,
     neighbor_list_cutoff,
+    warn_untrained_elements,
 )
+from spk_meta.model.pretrained import frozen_parameters, load_pretrained
 
 __all__ = [
     "ModelDataMismatch",
@@ -14,4 +16,7 @@ __all__ = [
     "dataset_elements",
     "model_elements",
     "neighbor_list_cutoff",
+    "warn_untrained_elements",
+    "frozen_parameters",
+    "load_pretrained",
 ]

@@ -5,6 +5,7 @@ the representation silently sees truncated environments), and every element in t
 must have a network in the model (an element-wise model has no weights for the others).
 """
 
+import warnings
 from typing import Iterable, Optional, Set
 
 import torch
@@ -83,7 +84,7 @@ def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
     supported = model_elements(model)
     if supported is None:
         return
-    for where, elements in _data_elements(datamodule):
+    for where, elements in data_elements(datamodule):
         unknown = elements - supported
         if unknown:
             raise ModelDataMismatch(
@@ -93,7 +94,7 @@ def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
             )
 
 
-def _data_elements(datamodule):
+def data_elements(datamodule):
     """``(description, atomic numbers)`` per database the data module reads."""
     task_elements = getattr(datamodule, "task_elements", None)
     if callable(task_elements):
@@ -102,3 +103,26 @@ def _data_elements(datamodule):
     if dataset is None:
         return []
     return [(getattr(dataset, "datapath", "the dataset"), dataset_elements(dataset))]
+
+
+def warn_untrained_elements(model: torch.nn.Module, datamodule) -> Set[int]:
+    """Warn, naming them, about elements in the data that the model was never trained on.
+
+    A model trained through spk-meta's tasks records ``model.trained_elements``; a
+    pre-trained model fine-tuned on data with other elements has untrained networks for
+    them. Returns those atomic numbers (empty if none or if the model records nothing).
+    """
+    trained = getattr(model, "trained_elements", None)
+    if trained is None:
+        return set()
+    new = set()
+    for where, elements in data_elements(datamodule):
+        extra = set(elements) - {int(z) for z in trained}
+        if extra:
+            warnings.warn(
+                f"{where} contains {_symbols(extra)}, which the pre-trained model never saw "
+                f"(trained on {_symbols(trained)}): their weights start untrained",
+                stacklevel=2,
+            )
+            new |= extra
+    return new

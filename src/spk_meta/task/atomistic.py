@@ -4,7 +4,7 @@ from typing import Any, Optional
 
 import schnetpack as spk
 
-from spk_meta.model.compat import check_model_against_data
+from spk_meta.model.compat import check_model_against_data, data_elements, warn_untrained_elements
 from spk_meta.train.checkpoint import trusted_weights_only
 
 
@@ -19,12 +19,20 @@ class AtomisticTask(spk.task.AtomisticTask):
       ``spktrain`` calls this for its best checkpoint after training.
     - ``setup("fit")`` checks the model against the data before the first step (neighbour
       list cutoff vs the model's cutoff, elements vs the model's element networks) and
-      raises :class:`spk_meta.model.ModelDataMismatch` naming what does not fit.
+      raises :class:`spk_meta.model.ModelDataMismatch` naming what does not fit; warns about
+      elements a pre-trained model never saw, and records ``model.trained_elements``.
     """
 
     def setup(self, stage=None):
-        if stage == "fit" and self.trainer.datamodule is not None:
-            check_model_against_data(self.model, self.trainer.datamodule)
+        dm = self.trainer.datamodule
+        if stage == "fit" and dm is not None:
+            check_model_against_data(self.model, dm)
+            warn_untrained_elements(self.model, dm)
+            # recorded in the saved model, so that fine-tuning can warn about new elements
+            seen = {int(z) for z in getattr(self.model, "trained_elements", [])}
+            for _, elements in data_elements(dm):
+                seen |= set(elements)
+            self.model.trained_elements = sorted(seen)
         super().setup(stage)
 
     @classmethod
