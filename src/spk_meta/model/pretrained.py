@@ -38,7 +38,7 @@ def load_pretrained(
         postprocessors: replace the model's postprocessors (fine-tuning: a fresh
             ``AddOffsets`` that takes the new level's energy reference from the data).
         freeze: parameter-name prefixes to keep fixed (transfer learning), e.g.
-            ``["output_modules.0.networks.H.0"]``; see ``model.named_parameters()``.
+            ``["output_modules.0.atomics.H.layers.0"]``; see ``model.named_parameters()``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.

@@ -1,0 +1,217 @@
+"""ReptileTask against hand-computed steps and against SchNetPack's AtomisticTask."""
+
+import copy
+from collections import Counter
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import schnetpack as spk
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from schnetpack import transform as T
+
+from spk_meta.data import TaskDataModule
+from spk_meta.task import ReptileTask, outer_lr_at
+from spk_meta.train import RunCheckpointIO
+
+CUTOFF = 5.2
+LEVELS = {
+    "wb97x_6-31gs": "pretrain_wb97x_631gs_300K",
+    "b3lyp_def2-svp": "pretrain_b3lyp_def2svp_600K",
+    "hf_def2-svp": "pretrain_hf_def2svp_900K",
+}
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    rep = spk.representation.SchNet(
+        n_atom_basis=8,
+        n_interactions=1,
+        radial_basis=spk.nn.GaussianRBF(n_rbf=8, cutoff=CUTOFF),
+        cutoff_fn=spk.nn.CosineCutoff(CUTOFF),
+    )
+    return spk.model.NeuralNetworkPotential(
+        representation=rep,
+        input_modules=[spk.atomistic.PairwiseDistances()],
+        output_modules=[spk.atomistic.Atomwise(n_in=8, output_key="energy"), spk.atomistic.Forces()],
+    )
+
+
+def outputs():
+    return [
+        spk.task.ModelOutput("energy", loss_fn=torch.nn.MSELoss(), loss_weight=0.5, metrics={}),
+        spk.task.ModelOutput("forces", loss_fn=torch.nn.MSELoss(), loss_weight=0.5, metrics={}),
+    ]
+
+
+def manual_loss(model, batch):
+    pred = model({k: v.clone() for k, v in batch.items()})
+    return 0.5 * torch.nn.functional.mse_loss(pred["energy"], batch["energy"]) + 0.5 * torch.nn.functional.mse_loss(
+        pred["forces"], batch["forces"]
+    )
+
+
+@pytest.fixture
+def make_dm(ethanol, tmp_path):
+    def make(num_train=24, **kw):
+        tasks = {name: ethanol[stem].db for name, stem in LEVELS.items()}
+        kw.setdefault("stream_seed", 0)
+        dm = TaskDataModule(
+            tasks, batch_size=8, num_train=num_train, num_val=8, num_test=8, split_seed=0,
+            split_file=str(tmp_path / "split.npz"), references_file=None,
+            transforms=[T.MatScipyNeighborList(CUTOFF), T.CastTo32()], **kw,
+        )
+        return dm
+    return make
+
+
+def record_batches(dm):
+    """Wrap ``dm.next_batch`` to keep a copy of every batch and its task."""
+    seen = []
+    original = dm.next_batch
+
+    def spy(name):
+        batch = original(name)
+        seen.append((name, {k: v.clone() for k, v in batch.items()}))
+        return batch
+
+    dm.next_batch = spy
+    return seen
+
+
+def trainer(**kw):
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return pl.Trainer(
+        accelerator="cpu", enable_progress_bar=False, enable_model_summary=False,
+        num_sanity_val_steps=0, limit_val_batches=0, **kw,
+    )
+
+
+def params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_joint_k1_equals_schnetpack_atomistic_task_on_the_same_batches(make_dm):
+    model0 = tiny_model()
+    dm = make_dm()
+    seen = record_batches(dm)
+    joint = ReptileTask(copy.deepcopy(model0), outputs(), optimizer_args={"lr": 1e-2}, inner_steps=1, outer_lr=1.0, sampling_seed=3)
+    trainer(max_steps=12).fit(joint, datamodule=dm)
+    assert joint.global_step == 12 and len(seen) == 12
+    assert len({name for name, _ in seen}) > 1  # several levels were visited
+
+    plain = spk.task.AtomisticTask(copy.deepcopy(model0), outputs(), optimizer_args={"lr": 1e-2})
+    loader = torch.utils.data.DataLoader([b for _, b in seen], batch_size=None, collate_fn=lambda b: b)
+    trainer(max_epochs=1).fit(plain, train_dataloaders=loader)
+    for a, b in zip(joint.model.parameters(), plain.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(model0.parameters(), joint.model.parameters()))
+
+
+@pytest.mark.parametrize("tasks_per_step", [1, 2])
+def test_outer_step_equals_hand_computed_reptile(make_dm, tasks_per_step):
+    k, eps, lr = 4, 0.5, 1e-2
+    model0 = tiny_model()
+    dm = make_dm()
+    seen = record_batches(dm)
+    task = ReptileTask(copy.deepcopy(model0), outputs(), optimizer_args={"lr": lr}, inner_steps=k,
+                       outer_lr=eps, tasks_per_step=tasks_per_step, sampling_seed=1)
+    trainer(max_steps=k * tasks_per_step).fit(task, datamodule=dm)
+    assert task.outer_step == 1 and len(seen) == k * tasks_per_step
+    for m in range(tasks_per_step):
+        assert len({name for name, _ in seen[m * k : (m + 1) * k]}) == 1  # an episode is one task
+
+    # by hand: Adam from theta on each task's k batches (state kept across tasks), then
+    # theta + eps * mean(phi - theta)
+    model = copy.deepcopy(model0)
+    theta = params(model)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    deltas = [torch.zeros_like(t) for t in theta]
+    for m in range(tasks_per_step):
+        with torch.no_grad():
+            for p, t in zip(model.parameters(), theta):
+                p.copy_(t)
+        for _, batch in seen[m * k : (m + 1) * k]:
+            opt.zero_grad()
+            manual_loss(model, batch).backward()
+            opt.step()
+        for d, p, t in zip(deltas, model.parameters(), theta):
+            d += p.detach() - t
+    expected = [t + eps * d / tasks_per_step for t, d in zip(theta, deltas)]
+    for got, want, start in zip(task.model.parameters(), expected, theta):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+    # and it is not simply the adapted weights
+    assert not torch.allclose(task.model.representation.embedding.weight, model.representation.embedding.weight)
+
+
+def test_outer_lr_annealing_follows_its_schedule(make_dm):
+    assert outer_lr_at(0, 1.0, 0.2, 4) == 1.0
+    assert outer_lr_at(2, 1.0, 0.2, 4) == pytest.approx(0.6)
+    assert outer_lr_at(4, 1.0, 0.2, 4) == pytest.approx(0.2)
+    assert outer_lr_at(100, 1.0, 0.2, 4) == pytest.approx(0.2)
+    assert outer_lr_at(7, 0.3, None, None) == 0.3
+    dm = make_dm()
+    task = ReptileTask(tiny_model(), outputs(), inner_steps=2, outer_lr=1.0, outer_lr_final=0.0,
+                       outer_lr_anneal_steps=4, sampling_seed=0)
+    used = []
+    original = task.current_outer_lr
+    task.current_outer_lr = lambda: used.append(original()) or used[-1]
+    trainer(max_steps=12).fit(task, datamodule=dm)
+    assert used == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
+
+
+def test_task_sampling_follows_the_data_modules_weights(make_dm):
+    dm = make_dm(num_train={"wb97x_6-31gs": 100, "b3lyp_def2-svp": 20, "hf_def2-svp": 20},
+                 task_sampling="size")
+    seen = record_batches(dm)
+    task = ReptileTask(tiny_model(), outputs(), inner_steps=1, sampling_seed=0)
+    trainer(max_steps=400).fit(task, datamodule=dm)
+    counts = Counter(name for name, _ in seen)
+    assert counts["wb97x_6-31gs"] / 400 == pytest.approx(100 / 140, abs=0.07)
+    assert counts["hf_def2-svp"] / 400 == pytest.approx(20 / 140, abs=0.06)
+
+
+def test_energy_only_task_trains_on_energies(ethanol, tmp_path):
+    import ase.io
+
+    from spk_meta.data import write_database
+
+    frames = ase.io.read(ethanol["pretrain_hf_def2svp_900K"].extxyz, ":30")
+    db = write_database(frames, tmp_path / "e.db", "CCSD(T)/CBS", forces_key=None)
+    dm = TaskDataModule({"ccsd-t_cbs": db, "wb97x_6-31gs": ethanol["pretrain_wb97x_631gs_300K"].db},
+                        batch_size=8, num_train=20, num_val=5, num_test=5, split_file=None,
+                        references_file=None, transforms=[T.MatScipyNeighborList(CUTOFF), T.CastTo32()])
+    task = ReptileTask(tiny_model(), outputs(), inner_steps=2, sampling_seed=0)
+    trainer(max_steps=20).fit(task, datamodule=dm)
+    assert task.global_step == 20
+
+
+def test_resume_equals_uninterrupted(make_dm, tmp_path):
+    def run(max_epochs, ckpt=None, dirpath=None):
+        dm = make_dm(stream_seed=7)
+        task = ReptileTask(tiny_model(), outputs(), optimizer_args={"lr": 1e-2}, inner_steps=2,
+                           outer_lr=0.5, tasks_per_step=2, sampling_seed=11)
+        cb = ModelCheckpoint(dirpath=dirpath, save_last=True, save_on_train_epoch_end=True)
+        t = trainer(max_epochs=max_epochs, enable_checkpointing=True, callbacks=[cb],
+                    plugins=[RunCheckpointIO(tmp_path)], default_root_dir=tmp_path)
+        t.fit(task, datamodule=dm, ckpt_path=ckpt)
+        return task
+
+    straight = run(4, dirpath=tmp_path / "a")
+    run(2, dirpath=tmp_path / "b")
+    resumed = run(4, ckpt=str(tmp_path / "b" / "last.ckpt"), dirpath=tmp_path / "b")
+    # 9 training batches per pass / (k=2 x 2 tasks) -> 3 outer steps per epoch
+    assert resumed.outer_step == straight.outer_step == 4 * 3
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_reptile_needs_a_task_data_module(tiny_db, tmp_path):
+    dm = spk.data.AtomsDataModule(str(tiny_db), batch_size=8, num_train=24, num_val=8, num_test=8,
+                                  split_file=str(tmp_path / "s.npz"), transforms=[T.MatScipyNeighborList(CUTOFF), T.CastTo32()],
+                                  num_workers=0)
+    task = ReptileTask(tiny_model(), outputs(), inner_steps=2)
+    with pytest.raises(TypeError, match="TaskDataModule"):
+        trainer(max_steps=2).fit(task, datamodule=dm)
