@@ -114,3 +114,20 @@ def test_new_elements_are_named_when_fine_tuning(pretrained):
         warnings.simplefilter("error")
         model.trained_elements = [1, 6, 7, 8]
         assert warn_untrained_elements(model, Data()) == set()
+
+
+def test_python_api_example_runs(tmp_path, cache_root):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "examples" / "reptile_python_api.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--epochs", "1", "--finetune-epochs", "1", "--n-target", "25",
+         "--k", "3", "--out", str(tmp_path / "api")],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [l for l in result.stdout.splitlines() if l.startswith("MP2 test")]
+    assert len(lines) == 3 and all("force RMSE" in l for l in lines)
+    assert (tmp_path / "api" / "finetuned_model").exists()

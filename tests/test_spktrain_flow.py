@@ -75,11 +75,28 @@ def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db)
             "data.property_units.energy=eV", "data.property_units.forces=eV/Ang", "data.num_workers=0",
             "data.num_val_workers=0", "data.num_test_workers=0",
             "trainer.max_epochs=1", "run.id=stock", "run.experiment=md17_ethanol",
-            "task._target_=spk_meta.task.AtomisticTask",
-            "+trainer.plugins=[{_target_: spk_meta.train.RunCheckpointIO}]",
+            "task=atomistic",  # installs the checkpoint plugin in the stock trainer itself
         ],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "runs" / "stock" / "best_model").exists()
     assert "test_energy_mae" in result.stdout
+
+
+def test_stock_experiment_turns_to_reptile_with_one_override(tmp_path):
+    """md17 (kcal/mol, RemoveOffsets, AddOffsets(add_mean)) + task=reptile + task data."""
+    result = run_cli(
+        [
+            "spktrain", "experiment=md17", "task=reptile", "data=ethanol_multilevel",
+            "run.experiment=md17_reptile", "model/representation=schnet", *TINY_SCHNET[1:],
+            *TINY_TASKS, "task.inner_steps=3", "trainer.max_epochs=1", "run.id=m",
+        ],
+        cwd=tmp_path,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log[-3000:]
+    assert "drops the RemoveOffsets transform" in log and "add_atomrefs=True" in log
+    assert "test_hf_def2-svp_energy_mae" in result.stdout
+    refs = (tmp_path / "runs" / "m" / "energy_references.json").read_text()
+    assert '"unit": "kcal/mol"' in refs  # the experiment's units reached the data module

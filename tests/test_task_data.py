@@ -293,9 +293,13 @@ def test_addoffsets_sees_the_active_task_only(tasks, in_tmp):
         dm.active_task = "nope"
 
 
-def test_remove_offsets_is_refused_when_references_are_fitted(tasks):
-    with pytest.raises(TaskDataError, match="RemoveOffsets"):
-        TaskDataModule(tasks, transforms=[T.RemoveOffsets("energy", remove_mean=True)])
+def test_remove_offsets_is_dropped_when_references_are_fitted(tasks, in_tmp):
+    with pytest.warns(UserWarning, match=r"drops the RemoveOffsets transform \(train/val/test\)"):
+        dm = make_dm(tasks, transforms=[T.RemoveOffsets("energy", remove_mean=True), T.MatScipyNeighborList(5.2)])
+    assert not any(isinstance(t, T.RemoveOffsets) for t in dm.subsets["hf_def2-svp"]["train"].transforms)
+    kept = make_dm(tasks, reference_energies="none", split_file="s2.npz",
+                   transforms=[T.RemoveOffsets("energy", remove_mean=True), T.MatScipyNeighborList(5.2)])
+    assert isinstance(kept.subsets["hf_def2-svp"]["train"].transforms[0], T.RemoveOffsets)
 
 
 # -- units -----------------------------------------------------------------------------------
@@ -322,6 +326,12 @@ def test_units_are_converted_on_load(ethanol, tmp_path, in_tmp):
             for key in ("energy", "forces", "_positions"):
                 np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=1e-10, atol=1e-9, err_msg=f"{unit} {key}")
         assert ds["other"].units == {"energy": "eV", "forces": "eV/Ang"}
+    # SchNetPack's property_units pick the target units (as md17 sets kcal/mol)
+    dm = make_dm({"ev": ev}, num_train=6, num_val=2, num_test=2,
+                 property_units={"energy": "kcal/mol", "forces": "kcal/mol/Ang"})
+    raw = dm.dataset["ev"]
+    assert raw.energies[0] == pytest.approx(frames[0].get_potential_energy() * mol / kcal)
+    np.testing.assert_allclose(raw[0]["forces"].numpy(), frames[0].get_forces() * mol / kcal, rtol=1e-10)
 
 
 # -- bad input -------------------------------------------------------------------------------
@@ -379,10 +389,23 @@ def test_nan_labels_fail_by_default_or_are_skipped_with_a_count(tmp_path):
 def test_energy_only_task(tmp_path, in_tmp):
     frames = synthetic_frames(n=12)
     path = write_database(frames, tmp_path / "ccsd.db", "CCSD(T)/CBS", forces_key=None)
-    dm = make_dm({"ccsd-t_cbs": path}, num_train=8, num_val=2, num_test=2)
+    dm = make_dm({"ccsd-t_cbs": path}, num_train=8, num_val=2, num_test=2, split_seed=0)
     assert not dm.task_has_forces("ccsd-t_cbs")
     batch = next(iter(dm.train_dataloader()))
     assert "forces" not in batch and batch["energy"].shape == (8,)
+
+
+def test_element_only_outside_the_training_split_gets_zero_reference(tmp_path, in_tmp):
+    frames = synthetic_frames(n=7)  # one NH3 (frame 2)
+    path = write_database(frames, tmp_path / "syn.db", "PBE/def2-svp")
+    split = tmp_path / "split.npz"
+    np.savez(split, tasks=np.array(["pbe"]), **{"pbe/train_idx": np.array([0, 1, 3, 4, 5]),
+             "pbe/val_idx": np.array([2]), "pbe/test_idx": np.array([6])})
+    with pytest.warns(UserWarning, match=r"task 'pbe' \(.*syn\.db\): N occur\(s\) only outside the training split"):
+        dm = make_dm({"pbe": path}, split_file=str(split))
+    ref = dm.energy_references["pbe"].as_dict()
+    assert ref[7] == 0.0 and ref[1] == pytest.approx(E0[1], abs=1e-6)
+    assert float(dm.subsets["pbe"]["val"][0]["energy"]) == pytest.approx(E0[7], abs=1e-3)
 
 
 def test_element_unsupported_by_model_is_reported_before_training(tmp_path, in_tmp):

@@ -22,6 +22,7 @@ reference-subtracted energies.
 import copy
 import json
 import math
+import warnings
 import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
@@ -92,7 +93,7 @@ class TaskDataModule(pl.LightningDataModule):
             ``spktrain`` seeds with ``seed``.
         reference_energies: ``"fit"``: least-squares per-element E0 on each task's
             training split, subtracted from that task's energies (a RemoveOffsets
-            transform must then not be used); ``"none"``: energies as stored.
+            transform is then dropped, with a warning); ``"none"``: energies as stored.
         references_file: where the fitted references are written (JSON, keyed by task).
         active_task: the task whose references and statistics ``AddOffsets`` sees;
             defaults to the only task in single-task mode.
@@ -105,6 +106,9 @@ class TaskDataModule(pl.LightningDataModule):
         energy_key, forces_key: property names in the databases.
         distance_unit, energy_unit: one unit system for all tasks (forces in
             ``energy_unit/distance_unit``).
+        property_units: SchNetPack's spelling of the same, ``{energy_key: unit,
+            forces_key: unit}`` (as SchNetPack experiments set it); overrides
+            ``energy_unit`` and the forces unit.
         nan_policy: ``"fail"`` or ``"skip"`` frames with NaN/inf labels.
         num_workers, num_val_workers, num_test_workers, pin_memory: as in SchNetPack's
             ``AtomsDataModule`` (0 workers is usually fastest here: data are in memory).
@@ -137,6 +141,7 @@ class TaskDataModule(pl.LightningDataModule):
         forces_key: Optional[str] = structure.forces,
         distance_unit: str = "Ang",
         energy_unit: str = "eV",
+        property_units: Optional[Mapping[str, str]] = None,
         nan_policy: str = "fail",
         num_workers: int = 0,
         num_val_workers: Optional[int] = None,
@@ -171,7 +176,14 @@ class TaskDataModule(pl.LightningDataModule):
         self.energy_key = energy_key
         self.forces_key = forces_key
         self.distance_unit = distance_unit
-        self.energy_unit = energy_unit
+        property_units = dict(property_units or {})
+        self.energy_unit = property_units.pop(energy_key, energy_unit)
+        self.forces_unit = property_units.pop(forces_key, None) if forces_key else None
+        if property_units:
+            raise TaskDataError(
+                f"property_units: only '{energy_key}' and '{forces_key}' are served by "
+                f"TaskDataModule, not {', '.join(property_units)}"
+            )
         self.nan_policy = nan_policy
         self.num_workers = int(num_workers)
         self.num_val_workers = self.num_workers if num_val_workers is None else int(num_val_workers)
@@ -193,13 +205,27 @@ class TaskDataModule(pl.LightningDataModule):
         #: then yields outer-step numbers and the task draws its batches from task_stream()
         self.episode_steps: Optional[int] = None
         if self.reference_energies == "fit":
-            for t in self.train_transforms + self.val_transforms + self.test_transforms:
+            self._drop_remove_offsets()
+
+    def _drop_remove_offsets(self) -> None:
+        """The fitted references replace SchNetPack's RemoveOffsets: drop it, loudly, so an
+        existing SchNetPack experiment (which removes the mean) works with one override."""
+        dropped = []
+        for split in SPLITS:
+            kept = []
+            for t in getattr(self, f"{split}_transforms"):
                 if isinstance(t, RemoveOffsets):
-                    raise TaskDataError(
-                        "TaskDataModule subtracts each task's fitted energy reference itself "
-                        "(reference_energies='fit'); remove the RemoveOffsets transform, or set "
-                        "reference_energies='none' to keep it"
-                    )
+                    dropped.append(split)
+                else:
+                    kept.append(t)
+            setattr(self, f"{split}_transforms", kept)
+        if dropped:
+            warnings.warn(
+                f"TaskDataModule drops the RemoveOffsets transform ({'/'.join(dropped)}): each "
+                "task's fitted per-element energy reference is subtracted on the data side "
+                "instead (reference_energies='fit'; set 'none' to keep RemoveOffsets)",
+                stacklevel=3,
+            )
 
     # -- setup ---------------------------------------------------------------------------
 
@@ -212,6 +238,7 @@ class TaskDataModule(pl.LightningDataModule):
             forces_key=self.forces_key,
             distance_unit=self.distance_unit,
             energy_unit=self.energy_unit,
+            forces_unit=self.forces_unit,
             nan_policy=self.nan_policy,
             progress=self.progress,
         )
@@ -316,7 +343,18 @@ class TaskDataModule(pl.LightningDataModule):
     def _fit_references(self) -> None:
         for name, data in self.dataset.items():
             train = self.splits[name]["train"]
-            ref = fit_atomic_energies([data.numbers(i) for i in train], data.energies[train])
+            numbers = [data.numbers(i) for i in train]
+            unseen = set(data.elements) - {int(z) for zs in numbers for z in zs}
+            if unseen:
+                warnings.warn(
+                    f"task '{name}' ({data.path}): "
+                    + ", ".join(chemical_symbols[z] for z in sorted(unseen))
+                    + " occur(s) only outside the training split; their E0 is set to 0",
+                    stacklevel=2,
+                )
+            # all of the task's elements: one missing from the training split gets a zero
+            # column, hence E0 = 0 in the minimum-norm solution
+            ref = fit_atomic_energies(numbers, data.energies[train], elements=data.elements)
             data.set_reference(ref)
             self.energy_references[name] = ref
             if ref.rank_deficient:
@@ -428,15 +466,18 @@ class TaskDataModule(pl.LightningDataModule):
         """Mean and std of the active task's training energies (all tasks if none is active).
 
         ``remove_atomref=True``: of the energies as served (reference subtracted);
-        ``False``: of the total energies. ``divide_by_atoms``: per atom.
+        ``False``: of the total energies. ``divide_by_atoms``: per atom. With several
+        tasks and none active, always of the served energies: totals of different levels
+        have no common mean, and a pre-trained model predicts reference-subtracted energies.
         """
         self._check_property(property)
         names = [self.active_task] if self.active_task is not None else self.task_names
+        subtract = remove_atomref or self.active_task is None
         values = []
         for name in names:
             data = self.dataset[name]
             idx = self.subsets[name]["train"].indices
-            e = data.energies[idx] - (data._reference_energy[idx] if remove_atomref else 0.0)
+            e = data.energies[idx] - (data._reference_energy[idx] if subtract else 0.0)
             if divide_by_atoms:
                 e = e / data.n_atoms()[idx]
             values.append(e)

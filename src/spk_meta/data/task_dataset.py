@@ -121,8 +121,8 @@ class TaskData(torch.utils.data.Dataset):
         energy_key: energy property in the database (required).
         forces_key: forces property; a task without it is energy-only.
         distance_unit: unit positions are converted to (``Ang``).
-        energy_unit: unit energies are converted to (``eV``); forces go to
-            ``energy_unit/distance_unit``.
+        energy_unit: unit energies are converted to (``eV``).
+        forces_unit: unit forces are converted to (default ``energy_unit/distance_unit``).
         nan_policy: ``"fail"`` (default) raises on a NaN/inf label; ``"skip"`` drops the
             frame and warns with the count.
         progress: show a progress bar while reading (default: for 10 000+ frames).
@@ -148,6 +148,7 @@ class TaskData(torch.utils.data.Dataset):
         energy_unit: str = "eV",
         nan_policy: str = "fail",
         progress: Optional[bool] = None,
+        forces_unit: Optional[str] = None,
     ):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -174,7 +175,7 @@ class TaskData(torch.utils.data.Dataset):
         self.distance_unit = distance_unit
         self.units = {energy_key: energy_unit}
         if self.has_forces:
-            self.units[forces_key] = f"{energy_unit}/{distance_unit}"
+            self.units[forces_key] = forces_unit or f"{energy_unit}/{distance_unit}"
         level = md.get(METADATA_KEY)
         self.level_of_theory = (
             LevelOfTheory.from_metadata(level) if isinstance(level, dict) and "name" in level else None
@@ -404,7 +405,7 @@ class TaskDataset(MappingABC):
     Args:
         tasks: mapping ``name -> database path``, or a sequence of paths (each named by
             the slug of its level of theory, else of its file name).
-        energy_key, forces_key, distance_unit, energy_unit, nan_policy, progress: see
+        energy_key, forces_key, distance_unit, energy_unit, forces_unit, nan_policy, progress: see
             :class:`TaskData`; shared by all tasks, so every task ends in one unit system.
 
     Raises:
@@ -420,6 +421,7 @@ class TaskDataset(MappingABC):
         energy_unit: str = "eV",
         nan_policy: str = "fail",
         progress: Optional[bool] = None,
+        forces_unit: Optional[str] = None,
     ):
         named = self._name_tasks(tasks)
         self._tasks: Dict[str, TaskData] = {}
@@ -432,6 +434,7 @@ class TaskDataset(MappingABC):
                 forces_key=forces_key,
                 distance_unit=distance_unit,
                 energy_unit=energy_unit,
+                forces_unit=forces_unit,
                 nan_policy=nan_policy,
                 progress=progress,
             )

@@ -11,6 +11,7 @@ from typing import Iterable, Optional, Set
 import torch
 from ase.data import chemical_symbols
 from ase.db import connect
+from schnetpack.transform import AddOffsets
 from schnetpack.transform.neighborlist import NeighborListTransform
 
 
@@ -126,3 +127,28 @@ def warn_untrained_elements(model: torch.nn.Module, datamodule) -> Set[int]:
             )
             new |= extra
     return new
+
+
+def restore_fitted_references(model: torch.nn.Module, datamodule) -> int:
+    """Make the model's ``AddOffsets`` add back the per-element E0 the data module subtracted.
+
+    A :class:`~spk_meta.data.TaskDataModule` with ``reference_energies="fit"`` trains on
+    ``E - sum_i E0[Z_i]``; an ``AddOffsets(add_mean=True)`` alone (as in SchNetPack's
+    experiments) would add a mean per atom instead, which is wrong for every composition
+    but the mean one. Such postprocessors get ``add_atomrefs=True``, with a warning.
+    Returns the number changed.
+    """
+    if getattr(datamodule, "reference_energies", None) != "fit":
+        return 0
+    key = getattr(datamodule, "energy_key", None)
+    changed = 0
+    for pp in getattr(model, "postprocessors", []):
+        if isinstance(pp, AddOffsets) and pp._property == key and not pp.add_atomrefs:
+            warnings.warn(
+                f"AddOffsets({key}) gets add_atomrefs=True: the data module subtracts each "
+                "task's fitted per-element energies, and the model must add them back",
+                stacklevel=2,
+            )
+            pp.add_atomrefs = True
+            changed += 1
+    return changed

@@ -3,20 +3,28 @@
 from typing import Any, Optional
 
 import schnetpack as spk
+from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from spk_meta.model.compat import check_model_against_data, data_elements, warn_untrained_elements
-from spk_meta.train.checkpoint import trusted_weights_only
+from spk_meta.model.compat import (
+    check_model_against_data,
+    data_elements,
+    restore_fitted_references,
+    warn_untrained_elements,
+)
+from spk_meta.train.checkpoint import RunCheckpointIO, trusted_weights_only
 
 
 class AtomisticTask(spk.task.AtomisticTask):
     """Drop-in for ``schnetpack.AtomisticTask`` (same arguments, same behaviour).
 
-    Two additions:
+    Additions:
 
     - ``load_from_checkpoint``: a checkpoint this run wrote (see
       :mod:`spk_meta.train.checkpoint`) loads with ``weights_only=False``, which SchNetPack's
       hyperparameters (the model itself) need; others keep torch's safe default.
-      ``spktrain`` calls this for its best checkpoint after training.
+      ``spktrain`` calls this for its best checkpoint after training. A trainer without
+      :class:`~spk_meta.train.RunCheckpointIO` (SchNetPack's stock trainer config) gets
+      one at ``setup``, trusting only its checkpoint callback's directory.
     - ``setup("fit")`` checks the model against the data before the first step (neighbour
       list cutoff vs the model's cutoff, elements vs the model's element networks) and
       raises :class:`spk_meta.model.ModelDataMismatch` naming what does not fit; warns about
@@ -24,16 +32,29 @@ class AtomisticTask(spk.task.AtomisticTask):
     """
 
     def setup(self, stage=None):
+        self._use_run_checkpoint_io()
         dm = self.trainer.datamodule
         if stage == "fit" and dm is not None:
             check_model_against_data(self.model, dm)
             warn_untrained_elements(self.model, dm)
+            restore_fitted_references(self.model, dm)
             # recorded in the saved model, so that fine-tuning can warn about new elements
             seen = {int(z) for z in getattr(self.model, "trained_elements", [])}
             for _, elements in data_elements(dm):
                 seen |= set(elements)
             self.model.trained_elements = sorted(seen)
         super().setup(stage)
+
+    def _use_run_checkpoint_io(self) -> None:
+        """Without our checkpoint plugin in the trainer (a stock SchNetPack trainer
+        config), install it, trusting only this trainer's checkpoint directory, so that
+        ``trainer.test(ckpt_path="best")`` and resuming work under torch >= 2.6."""
+        strategy = self.trainer.strategy
+        current = getattr(strategy, "_checkpoint_io", None)
+        callback = self.trainer.checkpoint_callback
+        dirpath = getattr(callback, "dirpath", None)
+        if (current is None or type(current) is TorchCheckpointIO) and dirpath:
+            strategy.checkpoint_io = RunCheckpointIO(run_dir=dirpath)
 
     @classmethod
     def load_from_checkpoint(
