@@ -54,6 +54,10 @@ SPLITS = ("train", "val", "test")
 REFERENCE_MODES = ("fit", "none")
 
 
+#: seed offset between the task streams of consecutive ranks (distributed training)
+STREAM_RANK_STRIDE = 1_000_003
+
+
 class TaskSplitMismatch(TaskDataError):
     """A saved split file does not belong to the tasks of this run."""
 
@@ -114,8 +118,9 @@ class TaskDataModule(pl.LightningDataModule):
             ``AtomsDataModule`` (0 workers is usually fastest here: data are in memory).
         train_sampler_cls, train_sampler_args: a sampler for the training split, as
             ``spktrain`` passes it (single-task mode only).
-        stream_seed: seed of the per-task streams (task ``i`` uses ``stream_seed + i``);
-            ``None``: drawn from torch's global RNG at setup (seeded by ``spktrain``).
+        stream_seed: seed of the per-task streams (task ``i`` on rank ``r`` uses
+            ``stream_seed + i + STREAM_RANK_STRIDE * r``); ``None``: drawn from torch's
+            global RNG at setup (seeded by ``spktrain``).
     """
 
     def __init__(
@@ -204,6 +209,8 @@ class TaskDataModule(pl.LightningDataModule):
         #: set by an episodic task (ReptileTask: k x tasks per step): the training loader
         #: then yields outer-step numbers and the task draws its batches from task_stream()
         self.episode_steps: Optional[int] = None
+        #: rank whose streams this module serves; None: the attached trainer's global rank
+        self.stream_rank: Optional[int] = None
         if self.reference_energies == "fit":
             self._drop_remove_offsets()
 
@@ -561,11 +568,18 @@ class TaskDataModule(pl.LightningDataModule):
         self._require_setup()
         if name not in self._streams:
             data = self.dataset[name]
-            stream = TaskBatchStream(self.subsets[name]["train"], self.batch_size, seed=self.stream_seed + data.index)
+            seed = self.stream_seed + data.index + STREAM_RANK_STRIDE * self._rank()
+            stream = TaskBatchStream(self.subsets[name]["train"], self.batch_size, seed=seed)
             if name in self._pending_stream_state:
                 stream.load_state_dict(self._pending_stream_state.pop(name))
             self._streams[name] = stream
         return self._streams[name]
+
+    def _rank(self) -> int:
+        if self.stream_rank is not None:
+            return int(self.stream_rank)
+        trainer = getattr(self, "trainer", None)
+        return int(getattr(trainer, "global_rank", 0) or 0)
 
     def next_batch(self, name: str) -> Dict[str, torch.Tensor]:
         """The next batch of task ``name`` (CPU tensors)."""

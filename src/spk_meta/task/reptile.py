@@ -145,18 +145,53 @@ class ReptileTask(AtomisticTask):
             seed = self.sampling_seed if self.sampling_seed is not None else torch.initial_seed()
             self._rng = np.random.default_rng(int(seed) % 2**63 + self.global_rank)
 
-    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
-        checkpoint["reptile"] = {
-            "outer_step": self.outer_step,
+    def on_train_start(self):
+        # after Lightning's restore, which gave every rank rank 0's optimiser and streams
+        state = getattr(self, "_rank_state_to_restore", None)
+        if state is not None:
+            if state.get("optimizer") is not None:
+                self.optimizers().optimizer.load_state_dict(state["optimizer"])
+            dm = self.datamodule
+            dm.load_state_dict({**dm.state_dict(), "streams": state.get("streams") or {}})
+            self._rank_state_to_restore = None
+
+    def _rank_state(self) -> Dict[str, Any]:
+        dm = getattr(self.trainer, "datamodule", None)
+        return {
             "rng": None if self._rng is None else self._rng.bit_generator.state,
+            "streams": dm.state_dict()["streams"] if dm is not None and hasattr(dm, "task_stream") else {},
+            "optimizer": self.optimizers().optimizer.state_dict() if self.trainer.world_size > 1 else None,
         }
+
+    def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
+        """θ and rank 0's optimiser are saved by Lightning; the sampler RNG, the task
+        streams and (distributed) every rank's optimiser state are saved here, per rank."""
+        mine = self._rank_state()
+        if self.trainer.world_size > 1:
+            ranks = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(ranks, mine)
+        else:
+            ranks = [mine]
+        checkpoint["reptile"] = {"outer_step": self.outer_step, "ranks": ranks}
 
     def on_load_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         state = checkpoint.get("reptile", {})
         self.outer_step = int(state.get("outer_step", 0))
-        if state.get("rng") is not None:
+        ranks = state.get("ranks") or []
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        if not ranks or not fitting:  # loading weights (test, load_from_checkpoint): no state
+            return
+        rank = self.global_rank
+        if len(ranks) != self.trainer.world_size:
+            raise RuntimeError(
+                f"the checkpoint was written by {len(ranks)} process(es); resume a Reptile "
+                "run with the same number of processes so every rank continues its own tasks"
+            )
+        mine = ranks[rank]
+        if mine.get("rng") is not None:
             self._rng = np.random.default_rng()
-            self._rng.bit_generator.state = state["rng"]
+            self._rng.bit_generator.state = mine["rng"]
+        self._rank_state_to_restore = mine
 
     # -- the outer step ------------------------------------------------------------------
 

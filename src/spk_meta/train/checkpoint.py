@@ -78,6 +78,11 @@ class RunCheckpointIO(TorchCheckpointIO):
         super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         _trusted_files.add(_resolve(path))
 
+    def __setstate__(self, state):
+        # a spawned process unpickles the plugin without running __init__: re-trust
+        self.__dict__.update(state)
+        trust_directory(self.run_dir)
+
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         kwargs = {} if map_location is None else {"map_location": map_location}
         return super().load_checkpoint(
