@@ -4,7 +4,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from spk_meta.cli import info
+from spk_meta.cli import convert, info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     info.add_parser(sub)
+    convert.add_parser(sub)
     return parser
 
 

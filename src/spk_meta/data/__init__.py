@@ -11,7 +11,7 @@ from spk_meta.data.task_dataset import (
 )
 from spk_meta.data.atomrefs import AtomicEnergies, composition_matrix, fit_atomic_energies
 from spk_meta.data.level_of_theory import LevelOfTheory, level_slug
-from spk_meta.data.writer import DatabaseWriteError, extxyz_to_database, write_database
+from spk_meta.data.writer import DatabaseWriteError, DatabaseWriter, extxyz_to_database, write_database
 
 __all__ = [
     "ConcatTaskSubsets",
@@ -31,6 +31,7 @@ __all__ = [
     "LevelOfTheory",
     "level_slug",
     "DatabaseWriteError",
+    "DatabaseWriter",
     "extxyz_to_database",
     "write_database",
 ]

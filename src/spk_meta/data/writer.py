@@ -66,6 +66,145 @@ def _frame_properties(
     return props
 
 
+class DatabaseWriter:
+    """Stream frames into a new SchNetPack ASE database, renamed into place on ``close()``.
+
+    The building block of :func:`write_database` and of the converters, which fill one
+    database per level of theory from a single pass over their source. Frames are
+    committed every ``chunk_size`` frames; until ``close()`` everything lives in a
+    temporary file next to ``database``, which ``abort()`` (or an exception inside a
+    ``with`` block) removes, so no half-written database ever carries the final name.
+
+    Args:
+        database: output path ending in ``.db``.
+        level_of_theory: ``"METHOD/BASIS"`` or a :class:`LevelOfTheory` (metadata key
+            ``"level_of_theory"``).
+        source: stored as ``metadata["source"]`` and used in error messages.
+        has_forces: whether every frame carries forces.
+        units: units of the labels as given (default eV and eV/Ang); SchNetPack converts
+            on load.
+        metadata: extra JSON-serialisable metadata.
+        overwrite: replace an existing database (checked before anything is written).
+        chunk_size: frames per SQLite transaction.
+    """
+
+    def __init__(
+        self,
+        database: Union[str, Path],
+        level_of_theory: Union[str, LevelOfTheory],
+        *,
+        source: str = "<frames>",
+        has_forces: bool = True,
+        units: Optional[Dict[str, str]] = None,
+        metadata: Optional[Dict[str, Any]] = None,
+        overwrite: bool = False,
+        chunk_size: int = 1000,
+    ):
+        self.database = Path(database)
+        if self.database.suffix != ".db":
+            raise DatabaseWriteError(f"{self.database}: a SchNetPack ASE database must end in '.db'")
+        if isinstance(level_of_theory, str):
+            level_of_theory = LevelOfTheory.parse(level_of_theory)
+        self.level_of_theory = level_of_theory
+        self.source = source
+        self.has_forces = has_forces
+        self.chunk_size = int(chunk_size)
+        units = dict(units or DEFAULT_UNITS)
+        if not has_forces:
+            units.pop(spk_props.forces, None)
+        self.units = units
+        self.n_frames = 0
+        self.elements: set = set()
+        self.energy_range = [np.inf, -np.inf]
+        self._atomic = atomic_path(self.database, overwrite=overwrite)
+        self._tmp = self._atomic.__enter__()
+        self._conn = None
+        try:
+            ASEAtomsData.create(str(self._tmp), distance_unit="Ang", property_unit_dict=units)
+            with connect(str(self._tmp), use_lock_file=False) as conn:
+                conn.metadata = {
+                    **conn.metadata,
+                    **(metadata or {}),
+                    METADATA_KEY: level_of_theory.to_metadata(),
+                    "source": source,
+                }
+        except BaseException:
+            self.abort()
+            raise
+
+    def __enter__(self) -> "DatabaseWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add(
+        self,
+        numbers: np.ndarray,
+        positions: np.ndarray,
+        energy: float,
+        forces: Optional[np.ndarray] = None,
+        cell: Optional[np.ndarray] = None,
+        pbc: Optional[np.ndarray] = None,
+    ) -> None:
+        """Append one frame (Ang, and the label units given at construction)."""
+        if self._conn is None:
+            self._conn = connect(str(self._tmp), use_lock_file=False)
+            self._conn.__enter__()
+        data = {spk_props.energy: np.asarray([energy], dtype=np.float64)}
+        if self.has_forces:
+            data[spk_props.forces] = np.asarray(forces, dtype=np.float64)
+        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=False if pbc is None else pbc)
+        self._conn.write(atoms, data=data)
+        self.n_frames += 1
+        self.elements.update(int(z) for z in numbers)
+        self.energy_range = [min(self.energy_range[0], energy), max(self.energy_range[1], energy)]
+        if self.n_frames % self.chunk_size == 0:
+            self._commit()
+
+    def _commit(self) -> None:
+        if self._conn is not None:
+            self._conn.__exit__(None, None, None)
+            self._conn = None
+
+    def close(self) -> Optional[Path]:
+        """Finish: write ``n_frames`` and ``elements`` and rename into place.
+
+        Returns the absolute path, or ``None`` (and nothing written) if no frame was added.
+        """
+        self._commit()
+        if self._tmp is None:
+            return None
+        if self.n_frames == 0:
+            self.abort()
+            return None
+        with connect(str(self._tmp), use_lock_file=False) as conn:
+            md = conn.metadata
+            md["n_frames"] = self.n_frames
+            md["elements"] = sorted(self.elements)
+            conn.metadata = md
+        self._atomic.__exit__(None, None, None)
+        self._tmp = None
+        return self.database.absolute()
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        if self._conn is not None:
+            try:
+                self._conn.__exit__(None, None, None)
+            finally:
+                self._conn = None
+        if self._tmp is not None:
+            try:
+                self._atomic.__exit__(DatabaseWriteError, DatabaseWriteError("aborted"), None)
+            except DatabaseWriteError:
+                pass
+            self._tmp = None
+
+
 def write_database(
     frames: Iterable[Atoms],
     database: Union[str, Path],
@@ -101,59 +240,30 @@ def write_database(
         the absolute path of the finished database. Nothing is left under that name if
         any frame is rejected.
     """
-    database = Path(database)
-    if database.suffix != ".db":
-        raise DatabaseWriteError(f"{database}: a SchNetPack ASE database must end in '.db'")
-    if isinstance(level_of_theory, str):
-        level_of_theory = LevelOfTheory.parse(level_of_theory)
-    units = dict(units or DEFAULT_UNITS)
-    if forces_key is None:
-        units.pop(spk_props.forces, None)
-
-    with atomic_path(database, overwrite=overwrite) as tmp:
-        ASEAtomsData.create(str(tmp), distance_unit="Ang", property_unit_dict=units)
-        n_frames = 0
-        elements: set = set()
-        with connect(str(tmp), use_lock_file=False) as conn:
-            conn.metadata = {
-                **conn.metadata,
-                **(metadata or {}),
-                METADATA_KEY: level_of_theory.to_metadata(),
-                "source": source,
-            }
-        bar = tqdm(frames, desc=f"writing {database.name}", unit="frame", disable=not progress)
-        for chunk in _chunks(bar, chunk_size):
-            with connect(str(tmp), use_lock_file=False) as conn:
-                for atoms in chunk:
-                    props = _frame_properties(atoms, n_frames, source, energy_key, forces_key)
-                    bare = Atoms(
-                        numbers=atoms.numbers,
-                        positions=atoms.positions,
-                        cell=atoms.cell,
-                        pbc=atoms.pbc,
-                    )
-                    conn.write(bare, data=props)
-                    elements.update(int(z) for z in atoms.numbers)
-                    n_frames += 1
-        if n_frames == 0:
+    with DatabaseWriter(
+        database,
+        level_of_theory,
+        source=source,
+        has_forces=forces_key is not None,
+        units=units,
+        metadata=metadata,
+        overwrite=overwrite,
+        chunk_size=chunk_size,
+    ) as writer:
+        bar = tqdm(frames, desc=f"writing {Path(database).name}", unit="frame", disable=not progress)
+        for atoms in bar:
+            props = _frame_properties(atoms, writer.n_frames, source, energy_key, forces_key)
+            writer.add(
+                atoms.numbers,
+                atoms.positions,
+                float(props[spk_props.energy][0]),
+                props.get(spk_props.forces),
+                cell=atoms.cell.array,
+                pbc=atoms.pbc,
+            )
+        if writer.n_frames == 0:
             raise DatabaseWriteError(f"{source}: no frames to write")
-        with connect(str(tmp), use_lock_file=False) as conn:
-            md = conn.metadata
-            md["n_frames"] = n_frames
-            md["elements"] = sorted(elements)
-            conn.metadata = md
-    return database.absolute()
-
-
-def _chunks(iterable: Iterable[Atoms], size: int) -> Iterator[list]:
-    chunk = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    return Path(database).absolute()
 
 
 def extxyz_to_database(

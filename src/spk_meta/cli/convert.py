@@ -1,0 +1,59 @@
+"""``spkmeta convert FORMAT INPUT OUTDIR``: a published dataset -> one database per level."""
+
+import sys
+
+EPILOG = """examples:
+  spkmeta convert ani1x ani1x-release.h5 data/ --only wb97x_dz,ccsd(t)_cbs --elements H,C,N,O
+  spkmeta convert rmd17 rmd17/npz_data/rmd17_ethanol.npz data/
+  spkmeta convert ase frames.extxyz data/ --level "wB97X/6-31g*"
+Outputs are named by the level-of-theory slug (wb97x_dz.db, ccsd-t_cbs.db, ...); energies
+in eV, forces in eV/Ang, positions in Ang, the level of theory in the metadata."""
+
+
+def add_parser(sub) -> None:
+    from spk_meta.convert import READERS
+
+    formats = "\n".join(f"  {name:<13} {r.description}" for name, r in READERS.items())
+    p = sub.add_parser(
+        "convert",
+        help="convert a public dataset into one SchNetPack database per level of theory",
+        description="formats:\n" + formats,
+        epilog=EPILOG,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("format", choices=list(READERS), metavar="FORMAT", help="one of: " + ", ".join(READERS))
+    p.add_argument("input", help="the input file (or directory for qm7x and rmd17)")
+    p.add_argument("outdir", help="output directory for the .db files")
+    p.add_argument("--level", help="level-of-theory name, METHOD/BASIS (required for anidataset; names ase input)")
+    p.add_argument("--only", help="comma-separated level keys of a multi-level source (ani1x: wb97x_dz,...)")
+    p.add_argument("--elements", help="keep structures made only of these elements, e.g. H,C,N,O")
+    p.add_argument("--max-frames", type=int, help="convert at most this many structures")
+    p.add_argument("--seed", type=int, help="with --max-frames: a random subset drawn with this seed")
+    p.add_argument("--max-force", type=float, help="drop frames with an atomic force above this (eV/Ang)")
+    p.add_argument("--energy-cut", type=float, help="drop frames further than this (eV/atom) from their level's median energy per atom")
+    p.add_argument("--energy-unit", default="eV", help="ase format: unit of the energies in the file")
+    p.add_argument("--distance-unit", default="Ang", help="ase format: unit of the positions in the file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing databases")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from spk_meta.convert import ConversionError, convert
+
+    extra = {}
+    if args.format == "ase":
+        extra = {"energy_unit": args.energy_unit, "distance_unit": args.distance_unit}
+    try:
+        summary = convert(
+            args.format, args.input, args.outdir, level=args.level,
+            only=args.only.split(",") if args.only else None, elements=args.elements,
+            max_frames=args.max_frames, seed=args.seed, max_force=args.max_force,
+            energy_cut=args.energy_cut, overwrite=args.overwrite, progress=not args.no_progress,
+            **extra,
+        )
+    except (ConversionError, FileExistsError) as err:
+        print(f"spkmeta convert: error: {err}", file=sys.stderr)
+        return 2
+    print(summary)
+    return 0

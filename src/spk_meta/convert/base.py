@@ -1,0 +1,127 @@
+"""What every converter reader provides, and the HDF5 helpers they share.
+
+A reader turns one published dataset layout into :class:`SourceFrame` objects in one
+unit system (Ang, eV, eV/Ang), each carrying the labels of every level of theory the
+source has for that structure. :func:`spk_meta.convert.convert` does the rest (filters,
+subsets, one database per level, the summary), so readers stay small.
+"""
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple, Union
+
+import numpy as np
+
+from spk_meta.data.level_of_theory import LevelOfTheory
+
+PathLike = Union[str, Path]
+
+
+class ConversionError(ValueError):
+    """The input cannot be converted; the message names the file, group or key at fault."""
+
+
+@dataclass(frozen=True)
+class LevelSpec:
+    """One level of theory found in a source: its name and whether it has forces."""
+
+    level: LevelOfTheory
+    has_forces: bool
+
+
+@dataclass
+class SourceFrame:
+    """One structure and its labels per level key (``None`` forces: energy only).
+
+    Attributes:
+        numbers: atomic numbers, shape ``(n_atoms,)``.
+        positions: Ang, shape ``(n_atoms, 3)``.
+        labels: ``{level key: (energy in eV, forces in eV/Ang of shape (n_atoms, 3) or None)}``;
+            a NaN energy or NaN forces mark a missing value (skipped for that level only).
+        where: names the frame in messages (file, group, index).
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    labels: Dict[str, Tuple[float, Optional[np.ndarray]]]
+    where: str = ""
+    cell: Optional[np.ndarray] = None
+    pbc: Optional[np.ndarray] = None
+
+
+class Reader(ABC):
+    """A published dataset layout. Subclasses set ``name`` and ``description``."""
+
+    name: str = ""
+    description: str = ""
+    #: True if the layout does not record its level of theory (``--level`` required)
+    needs_level: bool = False
+
+    def __init__(self, path: PathLike, level: Optional[str] = None, only: Optional[List[str]] = None):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise ConversionError(f"{self.path}: no such file or directory")
+        self.level_name = level
+        self.only = list(only) if only else None
+        if self.needs_level and not level:
+            raise ConversionError(
+                f"{self.path}: the {self.name} layout does not record its level of theory; "
+                "pass --level METHOD/BASIS"
+            )
+
+    @abstractmethod
+    def levels(self) -> Dict[str, LevelSpec]:
+        """The levels this source holds, by the key ``SourceFrame.labels`` uses."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of structures ``frames()`` yields (cheap: from shapes, not data)."""
+
+    @abstractmethod
+    def frames(self) -> Iterator[SourceFrame]:
+        """Stream the structures, one group or file in memory at a time."""
+
+    def _select(self, found: Dict[str, LevelSpec]) -> Dict[str, LevelSpec]:
+        if not found:
+            raise ConversionError(f"{self.path}: no energies found for the {self.name} layout")
+        if self.only is None:
+            return found
+        unknown = [k for k in self.only if k not in found]
+        if unknown:
+            raise ConversionError(
+                f"{self.path}: no level {', '.join(unknown)} (it has: {', '.join(found)})"
+            )
+        return {k: v for k, v in found.items() if k in self.only}
+
+
+def open_hdf5(path: Path):
+    """Open ``path`` read-only with h5py; a clear error for missing or corrupted files."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise ConversionError(f"{path}: not a readable HDF5 file ({err})") from None
+
+
+def dataset(group, key: str, path: Path, shape: Optional[tuple] = None) -> np.ndarray:
+    """``group[key]`` as an array; errors name the file, group and key (and shapes)."""
+    if key not in group:
+        raise ConversionError(f"{path}: group '{group.name}' has no '{key}'")
+    value = np.asarray(group[key][()])
+    if shape is not None and value.shape != shape:
+        raise ConversionError(
+            f"{path}: '{group.name}/{key}' has shape {value.shape}, expected {shape}"
+        )
+    return value
+
+
+def hdf5_files(path: Path, suffixes=(".h5", ".hdf5")) -> List[Path]:
+    """``path`` itself, or the HDF5 files in a directory (sorted)."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in suffixes)
+        if not files:
+            raise ConversionError(f"{path}: no {'/'.join(suffixes)} files in this directory")
+        return files
+    return [path]
