@@ -85,10 +85,13 @@ def test_unsupported_element_is_refused_before_training(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["painn", "schnet", "ani"])
-def test_architecture_swap_is_one_override(tmp_path, model):
-    """Each architecture runs the whole spktrain flow with the same experiment file."""
+@pytest.mark.parametrize("experiment", ["scratch_ani", "reptile_ani", "joint_ani", "transfer_ani"])
+def test_architecture_swap_is_one_override(tmp_path, model, experiment):
+    """Each architecture runs the whole spktrain flow of each experiment file, one override."""
+    small = ["data.num_train=40", "data.num_val=8", "data.num_test=8"] if experiment != "scratch_ani" else []
     result = run_cli(
-        ["spktrain", "experiment=scratch_ani", f"model={model}", "trainer.max_epochs=1", "logger=csv", "run.id=m"],
+        ["spktrain", f"experiment={experiment}", f"model={model}", "trainer.max_epochs=1", "logger=csv",
+         "run.id=m", *small],
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -110,26 +110,30 @@ def test_joint_k1_equals_schnetpack_atomistic_task_on_the_same_batches(make_dm):
     assert any(not torch.equal(a, b) for a, b in zip(model0.parameters(), joint.model.parameters()))
 
 
-@pytest.mark.parametrize("tasks_per_step", [1, 2])
-def test_outer_step_equals_hand_computed_reptile(make_dm, tasks_per_step):
+@pytest.mark.parametrize("tasks_per_step,reset", [(1, False), (2, False), (2, True)])
+def test_outer_step_equals_hand_computed_reptile(make_dm, tasks_per_step, reset):
     k, eps, lr = 4, 0.5, 1e-2
     model0 = tiny_model()
     dm = make_dm()
     seen = record_batches(dm)
     task = ReptileTask(copy.deepcopy(model0), outputs(), optimizer_args={"lr": lr}, inner_steps=k,
-                       outer_lr=eps, tasks_per_step=tasks_per_step, sampling_seed=1)
+                       outer_lr=eps, tasks_per_step=tasks_per_step, reset_optimizer=reset,
+                       inner_beta1=0.0 if reset else None, sampling_seed=1)
     trainer(max_steps=k * tasks_per_step).fit(task, datamodule=dm)
     assert task.outer_step == 1 and len(seen) == k * tasks_per_step
     for m in range(tasks_per_step):
         assert len({name for name, _ in seen[m * k : (m + 1) * k]}) == 1  # an episode is one task
 
-    # by hand: Adam from theta on each task's k batches (state kept across tasks), then
-    # theta + eps * mean(phi - theta)
+    # by hand: Adam from theta on each task's k batches (state kept across tasks, or a
+    # fresh Adam with beta1 = 0 per task), then theta + eps * mean(phi - theta)
     model = copy.deepcopy(model0)
     theta = params(model)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    betas = (0.0, 0.999) if reset else (0.9, 0.999)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
     deltas = [torch.zeros_like(t) for t in theta]
     for m in range(tasks_per_step):
+        if reset:
+            opt = torch.optim.Adam(model.parameters(), lr=lr, betas=betas)
         with torch.no_grad():
             for p, t in zip(model.parameters(), theta):
                 p.copy_(t)

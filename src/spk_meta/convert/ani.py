@@ -10,7 +10,7 @@ from typing import Dict, Iterator
 import numpy as np
 from ase.units import Hartree
 
-from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, dataset, open_hdf5
+from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 #: ANI-1x/1ccx property prefixes: (name, method, basis). The name keeps the dataset's
@@ -64,14 +64,8 @@ class ANI1xReader(Reader):
         levels = self.levels()
         with open_hdf5(self.path) as f:
             for name, group in f.items():
-                numbers = dataset(group, "atomic_numbers", self.path).astype(int).reshape(-1)
+                numbers, coords = conformers(group, "atomic_numbers", "coordinates", self.path)
                 n = len(numbers)
-                coords = dataset(group, "coordinates", self.path)
-                if coords.ndim != 3 or coords.shape[1:] != (n, 3):
-                    raise ConversionError(
-                        f"{self.path}: '{group.name}/coordinates' has shape {coords.shape}, "
-                        f"expected (n_conformers, {n}, 3)"
-                    )
                 n_conf = coords.shape[0]
                 labels = {}
                 for key, spec in levels.items():

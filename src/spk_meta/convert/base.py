@@ -125,3 +125,16 @@ def hdf5_files(path: Path, suffixes=(".h5", ".hdf5")) -> List[Path]:
             raise ConversionError(f"{path}: no {'/'.join(suffixes)} files in this directory")
         return files
     return [path]
+
+
+def conformers(group, numbers_key: str, positions_key: str, path: Path) -> Tuple[np.ndarray, np.ndarray]:
+    """One group of conformers of one molecule: atomic numbers ``(n_atoms,)`` and
+    positions ``(n_conformers, n_atoms, 3)`` (in the file's unit), shapes checked."""
+    numbers = dataset(group, numbers_key, path).astype(int).reshape(-1)
+    pos = dataset(group, positions_key, path)
+    if pos.ndim != 3 or pos.shape[1:] != (len(numbers), 3):
+        raise ConversionError(
+            f"{path}: '{group.name}/{positions_key}' has shape {pos.shape}, "
+            f"expected (n_conformers, {len(numbers)}, 3)"
+        )
+    return numbers, pos

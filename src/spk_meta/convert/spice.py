@@ -8,7 +8,7 @@ from typing import Dict, Iterator
 import numpy as np
 from ase.units import Bohr, Hartree
 
-from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, dataset, open_hdf5
+from spk_meta.convert.base import LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 
@@ -30,13 +30,7 @@ class SpiceReader(Reader):
         (key, _), = self.levels().items()
         with open_hdf5(self.path) as f:
             for group in f.values():
-                numbers = dataset(group, "atomic_numbers", self.path).astype(int).reshape(-1)
-                n = len(numbers)
-                conf = dataset(group, "conformations", self.path)
-                if conf.ndim != 3 or conf.shape[1:] != (n, 3):
-                    raise ConversionError(
-                        f"{self.path}: '{group.name}/conformations' has shape {conf.shape}, expected (n, {n}, 3)"
-                    )
+                numbers, conf = conformers(group, "atomic_numbers", "conformations", self.path)
                 energy = dataset(group, "dft_total_energy", self.path, (conf.shape[0],)) * Hartree
                 gradient = (
                     dataset(group, "dft_total_gradient", self.path, conf.shape) * (Hartree / Bohr)

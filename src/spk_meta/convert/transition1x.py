@@ -8,7 +8,7 @@ from typing import Dict, Iterator, Set, Tuple
 
 import numpy as np
 
-from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, dataset, open_hdf5
+from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 PREFIX = "wB97x_6-31G(d)"
@@ -44,13 +44,7 @@ class Transition1xReader(Reader):
         (key, _), = self.levels().items()
         with open_hdf5(self.path) as f:
             for formula, rxn, group in self._reactions(f):
-                numbers = dataset(group, "atomic_numbers", self.path).astype(int).reshape(-1)
-                n = len(numbers)
-                pos = dataset(group, "positions", self.path)
-                if pos.ndim != 3 or pos.shape[1:] != (n, 3):
-                    raise ConversionError(
-                        f"{self.path}: '{group.name}/positions' has shape {pos.shape}, expected (n, {n}, 3)"
-                    )
+                numbers, pos = conformers(group, "atomic_numbers", "positions", self.path)
                 e = dataset(group, f"{PREFIX}.energy", self.path, (pos.shape[0],))
                 fo = dataset(group, f"{PREFIX}.forces", self.path, pos.shape)
                 for i in range(pos.shape[0]):
