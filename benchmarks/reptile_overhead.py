@@ -14,7 +14,7 @@ the median structures/s of each is reported. The last line is
 
 Usage::
 
-    PYTHONPATH=src .venv/bin/python benchmarks/reptile_overhead.py [--steps 120] [--repeats 3]
+    PYTHONPATH=src .venv/bin/python benchmarks/reptile_overhead.py [--steps 200] [--repeats 5]
 """
 
 import argparse
@@ -86,8 +86,8 @@ def timed_fit(task, dm, steps) -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=120, help="optimiser steps per run")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps per run")
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     logging.getLogger("pytorch_lightning").setLevel(logging.ERROR)
