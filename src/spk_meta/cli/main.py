@@ -4,7 +4,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from spk_meta.cli import convert, info
+from spk_meta.cli import convert, evaluate, info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     info.add_parser(sub)
     convert.add_parser(sub)
+    evaluate.add_parser(sub)
     return parser
 
 
