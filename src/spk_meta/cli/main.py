@@ -1,10 +1,11 @@
 """``spkmeta``: one command-line tool with subcommands."""
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
-from spk_meta.cli import convert, evaluate, info
+from spk_meta.cli import convert, evaluate, experiment, info
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,10 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     convert.add_parser(sub)
     evaluate.add_parser(sub)
+    experiment.add_parser(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("TORCHANI_NO_WARN_EXTENSIONS", "1")  # we never use its CUDA extensions
     args = build_parser().parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,155 @@
+"""Tables and plots of a comparison: mean ± std over seeds, k chosen on validation."""
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from spk_meta.utils import atomic_path
+
+METRICS = ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae")
+
+
+def variant_label(k: Optional[int]) -> str:
+    return "none" if k is None else ("k=1 (joint)" if k == 1 else f"Reptile k={k}")
+
+
+def rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
+    """``[(FinetuneRun, eval dict), ...]`` -> one row per run and temperature."""
+    rows = []
+    for run, ev in evaluated:
+        val = (ev.get("val") or {}).get("forces_rmse", np.nan)
+        for t, errs in ev["test"].items():
+            rows.append({"architecture": run.architecture, "k": run.variant, "n": run.n, "seed": run.seed,
+                         "T": int(t), "val_forces_rmse": val, **{m: errs.get(m, np.nan) for m in METRICS}})
+    return rows
+
+
+def choose_k(rows: List[Dict]) -> Dict[tuple, int]:
+    """Per (architecture, N): the Reptile k (> 1) with the lowest mean validation force
+    RMSE over seeds (validation frames come from the MP2 training file, never the tests)."""
+    val = defaultdict(list)
+    for r in rows:
+        if r["k"] is not None and r["k"] > 1 and r["T"] == 300:
+            val[(r["architecture"], r["n"], r["k"])].append(r["val_forces_rmse"])
+    best: Dict[tuple, tuple] = {}
+    for (arch, n, k), v in val.items():
+        score = float(np.nanmean(v))
+        if (arch, n) not in best or score < best[(arch, n)][1]:
+            best[(arch, n)] = (k, score)
+    return {key: k for key, (k, _) in best.items()}
+
+
+def summarise(rows: List[Dict]) -> List[Dict]:
+    """Mean and std over seeds per (architecture, variant, N, T), plus the k-selected rows."""
+    groups = defaultdict(list)
+    for r in rows:
+        groups[(r["architecture"], r["k"], r["n"], r["T"])].append(r)
+    chosen = choose_k(rows)
+    out = []
+    for (arch, k, n, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1], kv[0][2], kv[0][3])):
+        entry = {"architecture": arch, "pretraining": variant_label(k), "k": k, "n": n, "T": t, "seeds": len(rs),
+                 "selected": chosen.get((arch, n)) == k}
+        for m in METRICS:
+            v = np.array([r[m] for r in rs], dtype=float)
+            entry[m] = float(np.mean(v))
+            entry[m + "_std"] = float(np.std(v)) if len(v) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def _write_csv(path: Path, rows: List[Dict]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def markdown(summary: List[Dict]) -> str:
+    lines = [
+        "| model | pre-training | N | T (K) | energy RMSE (eV) | energy MAE (eV) | force RMSE (eV/Å) | force MAE (eV/Å) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
+        cells = [f"{s[m]:.4f} ± {s[m + '_std']:.4f}" for m in METRICS]
+        lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['T']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(summary: List[Dict], root: Path) -> List[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    archs = sorted({s["architecture"] for s in summary})
+    temps = sorted({s["T"] for s in summary})
+    # learning curves: force RMSE vs N, one line per pre-training variant, per T
+    fig, axes = plt.subplots(len(archs), len(temps), figsize=(4 * len(temps), 3.2 * len(archs)), squeeze=False)
+    for i, arch in enumerate(archs):
+        for j, t in enumerate(temps):
+            ax = axes[i][j]
+            for label in sorted({s["pretraining"] for s in summary if s["architecture"] == arch}):
+                pts = sorted((s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
+                             if s["architecture"] == arch and s["T"] == t and s["pretraining"] == label)
+                if pts:
+                    n, m, sd = map(np.array, zip(*pts))
+                    ax.errorbar(n, m, yerr=sd, marker="o", capsize=3, label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel("MP2 training structures N")
+            ax.set_ylabel("force RMSE (eV/Å)")
+            ax.set_title(f"{arch}, MP2 test {t} K")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(root / "learning_curves.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    # error vs k, per N, one line per T; no pre-training as a dashed line
+    ns = sorted({s["n"] for s in summary})
+    fig, axes = plt.subplots(len(archs), len(ns), figsize=(4 * len(ns), 3.2 * len(archs)), squeeze=False)
+    for i, arch in enumerate(archs):
+        for j, n in enumerate(ns):
+            ax = axes[i][j]
+            for t in temps:
+                pts = sorted((s["k"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
+                             if s["architecture"] == arch and s["n"] == n and s["T"] == t and s["k"] is not None)
+                if pts:
+                    k, m, sd = map(np.array, zip(*pts))
+                    line = ax.errorbar(k, m, yerr=sd, marker="o", capsize=3, label=f"{t} K")
+                    none = [s["forces_rmse"] for s in summary if s["architecture"] == arch and s["n"] == n
+                            and s["T"] == t and s["k"] is None]
+                    if none:
+                        ax.axhline(none[0], ls="--", color=line[0].get_color(), lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("k (inner steps; 1 = joint)")
+            ax.set_ylabel("force RMSE (eV/Å)")
+            ax.set_title(f"{arch}, N = {n} (dashed: no pre-training)")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(root / "error_vs_k.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+def write_results(rows: List[Dict], root: Path) -> Dict[str, Path]:
+    summary = summarise(rows)
+    root = Path(root)
+    _write_csv(root / "results_runs.csv", rows)
+    _write_csv(root / "results.csv", summary)
+    md = markdown(summary)
+    with atomic_path(root / "results.md", overwrite=True) as tmp:
+        tmp.write_text(md + "\n")
+    paths = {"runs_csv": root / "results_runs.csv", "csv": root / "results.csv", "markdown": root / "results.md"}
+    for p in plot(summary, root):
+        paths[p.stem] = p
+    return paths

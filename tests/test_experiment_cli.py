@@ -1,0 +1,62 @@
+"""`spkmeta experiment`: tables from known numbers, k chosen on validation only, and a
+small end-to-end comparison on the embedded data that resumes instead of retraining."""
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from spk_meta.experiment import FinetuneRun, choose_k, expand, markdown, rows_from_runs, summarise
+from spk_meta.experiment.plan import PRESETS
+
+
+def fake_eval(val, test):
+    return {"val": {"forces_rmse": val}, "test": {str(t): {"energy_rmse": test, "energy_mae": test,
+                                                          "forces_rmse": test, "forces_mae": test}
+                                                  for t in (300, 600, 900)}}
+
+
+def test_k_is_chosen_on_validation_never_on_test():
+    evaluated = []
+    for seed in (0, 1):
+        # k=10 is better on validation, k=30 on the test frames: k=10 must be chosen
+        evaluated.append((FinetuneRun("ani", 10, 25, seed), fake_eval(0.10, 0.50)))
+        evaluated.append((FinetuneRun("ani", 30, 25, seed), fake_eval(0.20, 0.30)))
+        evaluated.append((FinetuneRun("ani", 1, 25, seed), fake_eval(0.05, 0.40)))  # k=1 is not Reptile
+        evaluated.append((FinetuneRun("ani", None, 25, seed), fake_eval(0.9, 0.9 + seed)))
+    rows = rows_from_runs(evaluated)
+    assert choose_k(rows) == {("ani", 25): 10}
+    summary = summarise(rows)
+    none300 = next(s for s in summary if s["k"] is None and s["T"] == 300)
+    assert none300["forces_rmse"] == pytest.approx(1.4) and none300["forces_rmse_std"] == pytest.approx(0.5)
+    assert [s["selected"] for s in summary if s["k"] == 10] == [True] * 3
+    table = markdown(summary)
+    assert "| ani | Reptile k=10 ← k chosen on validation | 25 | 300 | 0.5000 ± 0.0000" in table
+    assert "| ani | none | 25 | 300 | 1.4000 ± 0.5000" in table
+
+
+def test_presets_expand_to_every_combination():
+    pre, ft = expand(PRESETS["full"])
+    assert len(pre) == 2 * 5 * 3  # architectures x k x seeds
+    assert len(ft) == 2 * 6 * 3 * 3  # x (none + 5 k) x N x seeds
+    assert {r.variant for r in ft} == {None, 1, 10, 30, 100, 300}
+
+
+def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
+    args = ["spkmeta", "experiment", "--k", "1,3", "--n", "10", "--seeds", "0", "--pretrain-epochs", "1",
+            "--finetune-epochs", "2", "--out", str(tmp_path / "exp")]
+    first = run_cli(args, cwd=tmp_path)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = tmp_path / "exp"
+    for name in ("results.csv", "results_runs.csv", "results.md", "learning_curves.png", "error_vs_k.png"):
+        assert (out / name).exists(), name
+    table = (out / "results.md").read_text()
+    assert table.count("| ani |") == 9  # none, k=1, k=3 at 300/600/900 K
+    assert "Reptile k=3 ← k chosen on validation" in table and table in first.stdout + "\n"
+    model = out / "runs" / "ft_ani_k3_n10_s0" / "best_model"
+    stamp = model.stat().st_mtime
+    second = run_cli(args, cwd=tmp_path)
+    assert second.returncode == 0
+    assert model.stat().st_mtime == stamp  # reused, not retrained
+    assert (out / "results.md").read_text() == table
+    values = [float(x.split("±")[0]) for x in table.split("|") if "±" in x]
+    assert all(np.isfinite(values))
