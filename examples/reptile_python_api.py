@@ -4,8 +4,8 @@
    ethanol levels of theory (wB97X/6-31G*, B3LYP/def2-SVP, HF/def2-SVP).
 2. Fine-tune it on N MP2/6-31G* structures (the target's E0 is refitted by the data module
    and added back by the model's AddOffsets).
-3. Evaluate energies and forces on the MP2 test frames at 300, 600 and 900 K through
-   SchNetPack's ASE calculator.
+3. Evaluate energies and forces on the MP2 test frames at 300, 600 and 900 K
+   (``spk_meta.evaluate``).
 
 Usage::
 
@@ -16,17 +16,15 @@ import argparse
 import copy
 from pathlib import Path
 
-import ase.io
-import numpy as np
 import pytorch_lightning as pl
 import schnetpack as spk
 import torch
 from schnetpack import transform as T
-from schnetpack.interfaces import SpkCalculator
 
 from spk_meta.atomistic import ElementwiseAtomwise
 from spk_meta.data import TaskDataModule
 from spk_meta.datasets import ethanol_multilevel
+from spk_meta.evaluate import evaluate
 from spk_meta.representation import ANI
 from spk_meta.task import AtomisticTask, ReptileTask
 
@@ -94,22 +92,13 @@ def main():
     trainer(args.out, args.finetune_epochs).fit(finetune, datamodule=target)
     torch.save(finetune.model, args.out / "finetuned_model")
 
-    # 3. MP2 test frames per temperature, through SchNetPack's ASE calculator
-    calc = SpkCalculator(str(args.out / "finetuned_model"), neighbor_list=spk.transform.ASENeighborList(CUTOFF),
-                         energy_unit="eV", position_unit="Ang")
+    # 3. MP2 test frames per temperature (batched; equal to SchNetPack's ASE calculator)
     print(f"Reptile k={args.k}, {args.epochs} pre-training epochs, fine-tuned on {args.n_target} MP2 structures")
-    for T_K in (300, 600, 900):
-        frames = ase.io.read(data[f"target_mp2_631gs_test_{T_K}K"].extxyz, ":")
-        de, df = [], []
-        for ref in frames:
-            atoms = ref.copy()
-            atoms.calc = calc
-            de.append(atoms.get_potential_energy() - ref.get_potential_energy())
-            df.append(atoms.get_forces() - ref.get_forces())
-        e_rmse = float(np.sqrt(np.mean(np.square(de))))
-        f_rmse = float(np.sqrt(np.mean(np.square(np.concatenate(df)))))
-        print(f"MP2 test {T_K} K: energy RMSE {e_rmse:.4f} eV, force RMSE {f_rmse:.4f} eV/Ang")
-
+    files = {T_K: data[f"target_mp2_631gs_test_{T_K}K"].extxyz for T_K in (300, 600, 900)}
+    errors = evaluate(args.out / "finetuned_model", list(files.values()))
+    for T_K, path in files.items():
+        e = errors[str(path)]
+        print(f"MP2 test {T_K} K: energy RMSE {e['energy_rmse']:.4f} eV, force RMSE {e['forces_rmse']:.4f} eV/Ang")
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,14 @@ def markdown(summary: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _errorbar(ax, points, label):
+    """One line with error bars from ``(x, mean, std)`` points (sorted by x)."""
+    if not points:
+        return None
+    x, mean, std = map(np.array, zip(*sorted(points)))
+    return ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
+
+
 def plot(summary: List[Dict], root: Path) -> List[Path]:
     import matplotlib
 
@@ -99,11 +107,8 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
         for j, t in enumerate(temps):
             ax = axes[i][j]
             for label in sorted({s["pretraining"] for s in summary if s["architecture"] == arch}):
-                pts = sorted((s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
-                             if s["architecture"] == arch and s["T"] == t and s["pretraining"] == label)
-                if pts:
-                    n, m, sd = map(np.array, zip(*pts))
-                    ax.errorbar(n, m, yerr=sd, marker="o", capsize=3, label=label)
+                _errorbar(ax, [(s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
+                               if s["architecture"] == arch and s["T"] == t and s["pretraining"] == label], label)
             ax.set_xscale("log")
             ax.set_xlabel("MP2 training structures N")
             ax.set_ylabel("force RMSE (eV/Å)")
@@ -120,15 +125,13 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
         for j, n in enumerate(ns):
             ax = axes[i][j]
             for t in temps:
-                pts = sorted((s["k"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
-                             if s["architecture"] == arch and s["n"] == n and s["T"] == t and s["k"] is not None)
-                if pts:
-                    k, m, sd = map(np.array, zip(*pts))
-                    line = ax.errorbar(k, m, yerr=sd, marker="o", capsize=3, label=f"{t} K")
-                    none = [s["forces_rmse"] for s in summary if s["architecture"] == arch and s["n"] == n
-                            and s["T"] == t and s["k"] is None]
-                    if none:
-                        ax.axhline(none[0], ls="--", color=line[0].get_color(), lw=1)
+                line = _errorbar(ax, [(s["k"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
+                                      if s["architecture"] == arch and s["n"] == n and s["T"] == t
+                                      and s["k"] is not None], f"{t} K")
+                none = [s["forces_rmse"] for s in summary
+                        if s["architecture"] == arch and s["n"] == n and s["T"] == t and s["k"] is None]
+                if line is not None and none:
+                    ax.axhline(none[0], ls="--", color=line[0].get_color(), lw=1)
             ax.set_xscale("log")
             ax.set_xlabel("k (inner steps; 1 = joint)")
             ax.set_ylabel("force RMSE (eV/Å)")
