@@ -84,6 +84,16 @@ def markdown(summary: List[Dict]) -> str:
     return "\n".join(lines)
 
 
+def _log_ticks(ax, values) -> None:
+    """A log x axis labelled exactly at ``values`` (N or k), no minor labels."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(values)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _errorbar(ax, points, label):
     """One line with error bars from ``(x, mean, std)`` points (sorted by x)."""
     if not points:
@@ -109,7 +119,7 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
             for label in sorted({s["pretraining"] for s in summary if s["architecture"] == arch}):
                 _errorbar(ax, [(s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
                                if s["architecture"] == arch and s["T"] == t and s["pretraining"] == label], label)
-            ax.set_xscale("log")
+            _log_ticks(ax, {s["n"] for s in summary})
             ax.set_xlabel("MP2 training structures N")
             ax.set_ylabel("force RMSE (eV/Å)")
             ax.set_title(f"{arch}, MP2 test {t} K")
@@ -132,7 +142,7 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
                         if s["architecture"] == arch and s["n"] == n and s["T"] == t and s["k"] is None]
                 if line is not None and none:
                     ax.axhline(none[0], ls="--", color=line[0].get_color(), lw=1)
-            ax.set_xscale("log")
+            _log_ticks(ax, {s["k"] for s in summary if s["k"] is not None})
             ax.set_xlabel("k (inner steps; 1 = joint)")
             ax.set_ylabel("force RMSE (eV/Å)")
             ax.set_title(f"{arch}, N = {n} (dashed: no pre-training)")
