@@ -66,13 +66,15 @@ def _symbols(zs: Iterable[int]) -> str:
     return ", ".join(chemical_symbols[z] for z in sorted(zs))
 
 
-def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
+def check_model_against_data(model: torch.nn.Module, datamodule, elements=None) -> None:
     """Raise :class:`ModelDataMismatch` if the data cannot feed the model.
 
     Args:
         model: a SchNetPack model (e.g. ``NeuralNetworkPotential``).
         datamodule: a SchNetPack ``AtomsDataModule`` or a
             :class:`~spk_meta.data.TaskDataModule` after ``setup()``.
+        elements: ``data_elements(datamodule)`` if the caller has it already (reading
+            the elements of a database without metadata reads every row).
     """
     needed = model_cutoff(model)
     transforms = getattr(datamodule, "train_transforms", None)
@@ -85,8 +87,8 @@ def check_model_against_data(model: torch.nn.Module, datamodule) -> None:
     supported = model_elements(model)
     if supported is None:
         return
-    for where, elements in data_elements(datamodule):
-        unknown = elements - supported
+    for where, found in elements if elements is not None else data_elements(datamodule):
+        unknown = found - supported
         if unknown:
             raise ModelDataMismatch(
                 f"{where} contains element(s) {_symbols(unknown)} that the model does not "
@@ -106,7 +108,7 @@ def data_elements(datamodule):
     return [(getattr(dataset, "datapath", "the dataset"), dataset_elements(dataset))]
 
 
-def warn_untrained_elements(model: torch.nn.Module, datamodule) -> Set[int]:
+def warn_untrained_elements(model: torch.nn.Module, datamodule, elements=None) -> Set[int]:
     """Warn, naming them, about elements in the data that the model was never trained on.
 
     A model trained through spk-meta's tasks records ``model.trained_elements``; a
@@ -117,8 +119,8 @@ def warn_untrained_elements(model: torch.nn.Module, datamodule) -> Set[int]:
     if trained is None:
         return set()
     new = set()
-    for where, elements in data_elements(datamodule):
-        extra = set(elements) - {int(z) for z in trained}
+    for where, found in elements if elements is not None else data_elements(datamodule):
+        extra = set(found) - {int(z) for z in trained}
         if extra:
             warnings.warn(
                 f"{where} contains {_symbols(extra)}, which the pre-trained model never saw "

@@ -35,13 +35,14 @@ class AtomisticTask(spk.task.AtomisticTask):
         self._use_run_checkpoint_io()
         dm = self.trainer.datamodule
         if stage == "fit" and dm is not None:
-            check_model_against_data(self.model, dm)
-            warn_untrained_elements(self.model, dm)
+            elements = data_elements(dm)  # once: without metadata it reads every row
+            check_model_against_data(self.model, dm, elements)
+            warn_untrained_elements(self.model, dm, elements)
             restore_fitted_references(self.model, dm)
             # recorded in the saved model, so that fine-tuning can warn about new elements
             seen = {int(z) for z in getattr(self.model, "trained_elements", [])}
-            for _, elements in data_elements(dm):
-                seen |= set(elements)
+            for _, found in elements:
+                seen |= set(found)
             self.model.trained_elements = sorted(seen)
         super().setup(stage)
 
