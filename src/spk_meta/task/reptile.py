@@ -120,6 +120,7 @@ class ReptileTask(AtomisticTask):
         self.sampling_seed = sampling_seed
         self.outer_step = 0
         self._rng: Optional[np.random.Generator] = None
+        self._sampling: Optional[tuple] = None  # (task names, probabilities)
         self._eval: Dict[str, Dict[str, Dict[str, float]]] = {}
 
     # -- set-up ---------------------------------------------------------------------------
@@ -138,6 +139,7 @@ class ReptileTask(AtomisticTask):
     def setup(self, stage=None):
         if stage == "fit":
             self.datamodule.episode_steps = self.inner_steps * self.tasks_per_step
+            self._sampling = None  # weights of this data module
         super().setup(stage)
 
     def on_fit_start(self):
@@ -202,9 +204,12 @@ class ReptileTask(AtomisticTask):
         return outer_lr_at(self.outer_step, self.outer_lr, self.outer_lr_final, anneal)
 
     def sample_task(self) -> str:
-        weights = self.datamodule.task_sampling_weights()
-        names = list(weights)
-        return names[int(self._rng.choice(len(names), p=np.array([weights[n] for n in names])))]
+        """The next task, drawn with the data module's weights (fixed once it is set up)."""
+        if self._sampling is None:
+            weights = self.datamodule.task_sampling_weights()
+            self._sampling = (list(weights), np.array(list(weights.values())))
+        names, p = self._sampling
+        return names[int(self._rng.choice(len(names), p=p))]
 
     def _targets(self, batch):
         targets = {
@@ -224,12 +229,15 @@ class ReptileTask(AtomisticTask):
                 loss = loss + o.calculate_loss(pred, targets)
         return loss
 
-    def _inner_step(self, optimizer, batch) -> torch.Tensor:
-        batch = move_data_to_device(batch, self.device)
+    def _predict_with_loss(self, batch):
+        """Predictions, targets and the task's loss for one batch (no postprocessing)."""
         targets = self._targets(batch)
         pred = self.predict_without_postprocessing(batch)
         pred, targets = self.apply_constraints(pred, targets)
-        loss = self.task_loss(pred, targets)
+        return pred, targets, self.task_loss(pred, targets)
+
+    def _inner_step(self, optimizer, batch) -> torch.Tensor:
+        _, _, loss = self._predict_with_loss(move_data_to_device(batch, self.device))
         optimizer.zero_grad()
         self.manual_backward(loss)
         if self.gradient_clip_val:
@@ -289,10 +297,7 @@ class ReptileTask(AtomisticTask):
         torch.set_grad_enabled(self.grad_enabled)
         names = self.datamodule.task_names
         task = names[int(batch[properties.task][0])]
-        targets = self._targets(batch)
-        pred = self.predict_without_postprocessing(batch)
-        pred, targets = self.apply_constraints(pred, targets)
-        loss = self.task_loss(pred, targets)
+        pred, targets, loss = self._predict_with_loss(batch)
         n = len(batch["_idx"])
         acc = self._eval.setdefault(subset, {}).setdefault(task, {"loss": 0.0, "n": 0})
         acc["loss"] += float(loss.detach()) * n
