@@ -1,5 +1,6 @@
 """``spkmeta convert FORMAT INPUT OUTDIR``: a published dataset -> one database per level."""
 
+import argparse
 import sys
 
 EPILOG = """examples:
@@ -19,7 +20,7 @@ def add_parser(sub) -> None:
         help="convert a public dataset into one SchNetPack database per level of theory",
         description="formats:\n" + formats,
         epilog=EPILOG,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("format", choices=list(READERS), metavar="FORMAT", help="one of: " + ", ".join(READERS))
     p.add_argument("input", help="the input file (or directory for qm7x and rmd17)")

@@ -44,7 +44,7 @@ class ANI1xReader(Reader):
     name = "ani1x"
     description = "ANI-1x / ANI-1ccx HDF5 (group per formula; Hartree, Hartree/Ang; NaN = missing)"
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         energies, forces = set(), set()
         with open_hdf5(self.path) as f:
             for group in f.values():
@@ -107,7 +107,7 @@ class ANIDatasetReader(Reader):
         except Exception as err:
             raise ConversionError(f"{self.path}: not a torchani ANIDataset ({err})") from None
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         ds = self._open()
         if self.energy_key not in ds.properties:
             raise ConversionError(

@@ -35,7 +35,7 @@ class ASEReader(Reader):
         except Exception as err:
             raise ConversionError(f"{self.path}: ASE cannot read this file ({err})") from None
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         first = self._first()
         if first is None:
             raise ConversionError(f"{self.path}: no frames")

@@ -64,15 +64,23 @@ class Reader(ABC):
             raise ConversionError(f"{self.path}: no such file or directory")
         self.level_name = level
         self.only = list(only) if only else None
+        self._levels: Optional[Dict[str, LevelSpec]] = None
         if self.needs_level and not level:
             raise ConversionError(
                 f"{self.path}: the {self.name} layout does not record its level of theory; "
                 "pass --level METHOD/BASIS"
             )
 
-    @abstractmethod
     def levels(self) -> Dict[str, LevelSpec]:
-        """The levels this source holds, by the key ``SourceFrame.labels`` uses."""
+        """The levels this source holds, by the key ``SourceFrame.labels`` uses
+        (found once per reader: ``frames()`` and ``convert()`` both need them)."""
+        if self._levels is None:
+            self._levels = self._find_levels()
+        return self._levels
+
+    @abstractmethod
+    def _find_levels(self) -> Dict[str, LevelSpec]:
+        """Scan the source's metadata for its levels (see :meth:`levels`)."""
 
     @abstractmethod
     def count(self) -> int:

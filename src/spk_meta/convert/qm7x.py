@@ -21,7 +21,7 @@ class QM7XReader(Reader):
     name = "qm7x"
     description = "QM7-X HDF5 file or directory (atNUM, atXYZ, ePBE0+MBD, totFOR; eV)"
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         level = LevelOfTheory(
             name=self.level_name or "PBE0+MBD",
             method="PBE0+MBD",

@@ -44,7 +44,7 @@ class RMD17Reader(Reader):
                 raise ConversionError(f"{path}: '{key}' has shape {data[key].shape}, expected {shape}")
         return data, z
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         level = LevelOfTheory(name=self.level_name or "PBE/def2-SVP", method="PBE", basis="def2-SVP", code="ORCA")
         return self._select({level.slug: LevelSpec(level, True)})
 

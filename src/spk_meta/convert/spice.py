@@ -16,7 +16,7 @@ class SpiceReader(Reader):
     name = "spice"
     description = "SPICE HDF5 (conformations in Bohr, dft_total_energy in Hartree, dft_total_gradient)"
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         level = LevelOfTheory(
             name=self.level_name or "wB97M-D3(BJ)/def2-TZVPPD", method="wB97M-D3(BJ)", basis="def2-TZVPPD", code="Psi4"
         )

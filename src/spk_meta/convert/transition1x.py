@@ -19,7 +19,7 @@ class Transition1xReader(Reader):
     name = "transition1x"
     description = "Transition1x HDF5 (data|train|val|test/formula/reaction; wB97x_6-31G(d).energy/.forces; eV)"
 
-    def levels(self) -> Dict[str, LevelSpec]:
+    def _find_levels(self) -> Dict[str, LevelSpec]:
         level = LevelOfTheory(name=self.level_name or "wB97x/6-31G(d)", method="wB97x", basis="6-31G(d)")
         return self._select({level.slug: LevelSpec(level, True)})
 
