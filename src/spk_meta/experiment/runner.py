@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from functools import cached_property
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -42,6 +43,16 @@ class Runner:
         self.log = log
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
+
+    @cached_property
+    def data(self):
+        """The embedded dataset (checked against its manifest once, not per run)."""
+        return ethanol_multilevel()
+
+    @cached_property
+    def mp2_train_frames(self):
+        """The labelled MP2 training frames in database order; validation rows index them."""
+        return read_labelled(self.data["target_mp2_631gs_train_300K"].db)
 
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / name
@@ -87,7 +98,7 @@ class Runner:
         out = self.run_dir(run.name) / "eval.json"
         if out.exists():
             return json.loads(out.read_text())
-        data = ethanol_multilevel()
+        data = self.data
         model = load_model(self.run_dir(run.name) / "best_model")
         files = {t: data[f"target_mp2_631gs_test_{t}K"].extxyz for t in TEMPERATURES}
         errors = evaluate(model, list(files.values()))
@@ -102,8 +113,7 @@ class Runner:
         rows = split["mp2_6-31gs/val_idx"]
         if len(rows) == 0:
             return None
-        frames = read_labelled(ethanol_multilevel()["target_mp2_631gs_train_300K"].db)
-        frames = [frames[int(r)] for r in rows]
+        frames = [self.mp2_train_frames[int(r)] for r in rows]
         energies, forces = predict(model, frames)
         e = error_metrics(energies, [a.get_potential_energy() for a in frames])
         f = error_metrics(np.concatenate(forces), np.concatenate([a.get_forces() for a in frames]))
