@@ -447,6 +447,10 @@ class TaskDataModule(pl.LightningDataModule):
         self._require_setup()
         if self.active_task is not None:
             return self.subsets[self.active_task][split]
+        return self._concat(split)
+
+    def _concat(self, split: str) -> ConcatTaskSubsets:
+        """All tasks' ``split`` as one dataset, in task order."""
         return ConcatTaskSubsets([self.subsets[n][split] for n in self.task_names], self.energy_key)
 
     @property
@@ -484,7 +488,7 @@ class TaskDataModule(pl.LightningDataModule):
         for name in names:
             data = self.dataset[name]
             idx = self.subsets[name]["train"].indices
-            e = data.energies[idx] - (data._reference_energy[idx] if subtract else 0.0)
+            e = data.energies[idx] - (data.reference_energies[idx] if subtract else 0.0)
             if divide_by_atoms:
                 e = e / data.n_atoms()[idx]
             values.append(e)
@@ -530,9 +534,8 @@ class TaskDataModule(pl.LightningDataModule):
         return self._task_batches("train", self._joint_sampler, self.num_workers)
 
     def _task_batches(self, split: str, sampler: TaskBatchSampler, workers: int):
-        concat = ConcatTaskSubsets([self.subsets[n][split] for n in self.task_names], self.energy_key)
         return torch.utils.data.DataLoader(
-            concat,
+            self._concat(split),
             batch_sampler=sampler,
             collate_fn=_atoms_collate_fn,
             num_workers=workers,

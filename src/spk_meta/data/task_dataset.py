@@ -287,6 +287,12 @@ class TaskData(torch.utils.data.Dataset):
         """Total energies in the target unit, before the reference is subtracted, ``(len(self),)``."""
         return self._frames.energy
 
+    @property
+    def reference_energies(self) -> np.ndarray:
+        """``sum_i E0[Z_i]`` subtracted from each served energy, ``(len(self),)`` (zeros
+        without a reference)."""
+        return self._reference_energy
+
     def numbers(self, i: int) -> np.ndarray:
         """Atomic numbers of frame ``i``, shape ``(n_atoms,)``."""
         f = self._frames
