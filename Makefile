@@ -3,6 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.spk-meta-installed
+SLOW_STAMP := $(VENV)/.spk-meta-datagen-installed
 SOURCES := pyproject.toml $(shell find src configs -type f -not -name '*.pyc' 2>/dev/null)
 PYTEST_ARGS ?=
 
@@ -20,12 +21,20 @@ $(STAMP): $(VPY) $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --force-reinstall .
 	@touch $(STAMP)
 
+# The slow tests also run the data generator (PySCF, tblite): the datagen extra on top.
+$(SLOW_STAMP): $(STAMP)
+	$(VPY) -m pip install --quiet ".[test,datagen]"
+	$(VPY) -m pip install --quiet --no-deps --force-reinstall .
+	@touch $(SLOW_STAMP)
+
 install: $(STAMP)
 
+# Correctness tests plus one end-to-end spktrain smoke test (under 5 minutes on 2 cores).
 test: $(STAMP)
 	$(VPY) -m pytest $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+# Every other spktrain run, the 2-process DDP fits and the PySCF data generator.
+test-slow: $(SLOW_STAMP)
 	$(VPY) -m pytest -m slow $(PYTEST_ARGS)
 
 # The main job on the embedded ethanol data: no pre-training vs k = 1 vs Reptile, each an
