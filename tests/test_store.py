@@ -1,0 +1,152 @@
+"""The packed task store: round trip against ASE frames, label sets with gaps, atomicity,
+damage detection, and pickling without copying the arrays."""
+
+import json
+import os
+import pickle
+
+import ase.io
+import numpy as np
+import pytest
+
+from spk_meta.data.store import (
+    LabelSet,
+    PackedStore,
+    StoreError,
+    StoreWriter,
+    file_identity,
+    remove_stale_temporaries,
+)
+
+
+@pytest.fixture(scope="module")
+def frames(ethanol):
+    return ase.io.read(ethanol["pretrain_wb97x_631gs_300K"].extxyz, ":20")
+
+
+def _write(path, frames, **kw):
+    with StoreWriter(path, [LabelSet("wb97x", "wB97X/6-31g*")], **kw) as w:
+        for i, a in enumerate(frames):
+            w.add_frame(a.numbers, a.positions, {"wb97x": (a.get_potential_energy(), a.get_forces())}, source_index=i)
+    return path
+
+
+def test_round_trip_equals_the_ase_frames(tmp_path, frames):
+    store = PackedStore(_write(tmp_path / "e.spkstore", frames))
+    assert len(store) == len(frames)
+    assert store.elements() == (1, 6, 8)
+    assert np.array_equal(store.n_atoms(), [len(a) for a in frames])
+    for i in (0, 7, len(frames) - 1):
+        f = store.frame(i, "wb97x")
+        assert np.array_equal(f["numbers"], frames[i].numbers)
+        assert np.array_equal(f["positions"], frames[i].positions)
+        assert f["energy"] == frames[i].get_potential_energy()
+        assert np.array_equal(f["forces"], frames[i].get_forces())
+        assert f["source_index"] == i
+    # the headers we rewrite are plain .npy: numpy reads the files without memory maps too
+    assert np.array_equal(np.load(store.path / "positions.npy"), np.concatenate([a.positions for a in frames]))
+
+
+def test_conformer_batches_and_label_sets_with_gaps(tmp_path, frames):
+    """ANI-1x layout: several label sets on the same geometries, one of them energy-only and
+    partly missing; ``labelled`` keeps exactly the frames with finite labels."""
+    numbers = frames[0].numbers
+    pos = np.stack([a.positions for a in frames[:6]])
+    e = np.array([a.get_potential_energy() for a in frames[:6]])
+    f = np.stack([a.get_forces() for a in frames[:6]])
+    e_cc = e - 1.0
+    e_cc[[1, 4]] = np.nan
+    f[3, 2, 1] = np.nan
+    sets = [LabelSet("dft", "wB97X/6-31g*"), LabelSet("cc", "CCSD(T)/CBS", has_forces=False, forces_unit=None)]
+    with StoreWriter(tmp_path / "s.spkstore", sets) as w:
+        w.add_conformers(numbers, pos[:4], {"dft": (e[:4], f[:4]), "cc": (e_cc[:4], None)})
+        w.add_conformers(numbers, pos[4:], {"dft": (e[4:], f[4:])})  # no cc labels: NaN
+    store = PackedStore(tmp_path / "s.spkstore")
+    assert np.array_equal(store.labelled("dft"), [0, 1, 2, 4, 5])
+    assert np.array_equal(store.labelled("cc"), [0, 2, 3])
+    assert np.array_equal(store.labelled("dft", chunk=2), [0, 1, 2, 4, 5])
+    assert store.forces("cc") is None
+    assert store.label_sets["cc"].level_of_theory == "CCSD(T)/CBS"
+    with pytest.raises(KeyError, match="no label set 'mp2'.*dft, cc"):
+        store.energy("mp2")
+
+
+def test_an_interrupted_writer_leaves_nothing(tmp_path, frames):
+    out = tmp_path / "x.spkstore"
+    with pytest.raises(RuntimeError, match="boom"):
+        with StoreWriter(out, [LabelSet("wb97x")]) as w:
+            w.add_frame(frames[0].numbers, frames[0].positions, {"wb97x": (0.0, frames[0].get_forces())})
+            raise RuntimeError("boom")
+    assert os.listdir(tmp_path) == []
+
+
+def test_existing_store_is_not_replaced_without_overwrite(tmp_path, frames):
+    out = _write(tmp_path / "e.spkstore", frames[:3])
+    with pytest.raises(FileExistsError, match="already exists"):
+        _write(out, frames[:5])
+    _write(out, frames[:5], overwrite=True)
+    assert len(PackedStore(out)) == 5
+    assert sorted(os.listdir(tmp_path)) == ["e.spkstore"]
+
+
+def test_bad_input_is_refused_before_anything_is_appended(tmp_path, frames):
+    a = frames[0]
+    with StoreWriter(tmp_path / "e.spkstore", [LabelSet("wb97x")]) as w:
+        with pytest.raises(StoreError, match="forces of shape"):
+            w.add_frame(a.numbers, a.positions, {"wb97x": (1.0, a.get_forces()[:-1])})
+        with pytest.raises(StoreError, match="unknown label sets"):
+            w.add_frame(a.numbers, a.positions, {"mp2": (1.0, None)})
+        with pytest.raises(StoreError, match="do not match"):
+            w.add_frame(a.numbers[:-1], a.positions, {"wb97x": (1.0, None)})
+        w.add_frame(a.numbers, a.positions, {"wb97x": (1.0, a.get_forces())})
+    assert len(PackedStore(tmp_path / "e.spkstore")) == 1
+
+
+def test_damaged_stores_are_named(tmp_path, frames):
+    out = _write(tmp_path / "e.spkstore", frames[:5])
+    meta = json.loads((out / "store.json").read_text())
+
+    (out / "store.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(StoreError, match="version 99"):
+        PackedStore(out)
+
+    (out / "store.json").write_text(json.dumps({**meta, "n_frames": 6}))
+    with pytest.raises(StoreError, match=r"offsets.npy: shape \(6,\)"):
+        PackedStore(out)
+
+    (out / "store.json").write_text(json.dumps(meta))
+    data = (out / "labels" / "wb97x" / "forces.npy").read_bytes()
+    (out / "labels" / "wb97x" / "forces.npy").write_bytes(data[:-100])
+    with pytest.raises(StoreError, match="forces.npy"):
+        PackedStore(out)
+
+    (out / "store.json").unlink()
+    with pytest.raises(StoreError, match="interrupted"):
+        PackedStore(out)
+    with pytest.raises(StoreError, match="no such packed store"):
+        PackedStore(tmp_path / "nope.spkstore")
+
+
+def test_pickling_keeps_only_the_path(tmp_path, frames):
+    store = PackedStore(_write(tmp_path / "e.spkstore", frames))
+    blob = pickle.dumps(store)
+    assert len(blob) < 1000  # the arrays are not copied into the pickle
+    again = pickle.loads(blob)
+    assert np.array_equal(again.frame(3)["positions"], store.frame(3)["positions"])
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path):
+    dead = tmp_path / ".e.spkstore.999999999-abcdef12.tmp"
+    alive = tmp_path / f".f.spkstore.{os.getpid()}-abcdef12.tmp"
+    dead.mkdir()
+    alive.mkdir()
+    assert remove_stale_temporaries(tmp_path) == [dead]
+    assert not dead.exists() and alive.exists()
+
+
+def test_file_identity_changes_with_content(tmp_path):
+    p = tmp_path / "a.db"
+    p.write_bytes(b"1")
+    first = file_identity(p)
+    p.write_bytes(b"12")
+    assert file_identity(p) != first and file_identity(p)["size"] == 2
