@@ -150,3 +150,47 @@ def test_file_identity_changes_with_content(tmp_path):
     first = file_identity(p)
     p.write_bytes(b"12")
     assert file_identity(p) != first and file_identity(p)["size"] == 2
+
+
+# -- packing a SchNetPack ASE database -----------------------------------------------------
+
+
+def test_packing_an_ase_database_matches_reading_it(tmp_path, tiny_db):
+    from ase.db import connect
+
+    from spk_meta.data.pack import LABELS, pack_ase_database
+
+    store = pack_ase_database(tiny_db, cache=tmp_path)
+    with connect(str(tiny_db), use_lock_file=False) as conn:
+        rows = list(conn.select())
+    assert len(store) == len(rows) == 40
+    for i in (0, 17, 39):
+        f = store.frame(i, LABELS)
+        assert np.array_equal(f["positions"], rows[i].positions)
+        assert f["energy"] == float(rows[i].data["energy"][0])
+        assert np.array_equal(f["forces"], rows[i].data["forces"])
+        assert f["source_index"] == rows[i].id - 1
+    assert store.label_sets[LABELS].level_of_theory == "MP2/6-31g*"
+    assert store.label_sets[LABELS].energy_unit == "eV"
+
+
+def test_a_packed_database_is_reused_until_the_database_changes(tmp_path, tiny_db):
+    import shutil
+
+    from spk_meta.data.pack import pack_ase_database
+
+    db = tmp_path / "copy.db"
+    shutil.copy(tiny_db, db)
+    first = pack_ase_database(db, cache=tmp_path / "cache")
+    stamp = (first.path / "store.json").stat().st_mtime_ns
+    again = pack_ase_database(db, cache=tmp_path / "cache")
+    assert again.path == first.path and (again.path / "store.json").stat().st_mtime_ns == stamp
+
+    from ase.db import connect
+
+    with connect(str(db), use_lock_file=False) as conn:  # the user edits the database
+        conn.delete([1, 2])
+    changed = pack_ase_database(db, cache=tmp_path / "cache")
+    assert changed.path != first.path and len(changed) == 38
+    energy_only = pack_ase_database(db, forces_key=None, cache=tmp_path / "cache")
+    assert energy_only.forces("labels") is None and energy_only.path != changed.path
