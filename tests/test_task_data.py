@@ -402,7 +402,7 @@ def test_element_only_outside_the_training_split_gets_zero_reference(tmp_path, i
     np.savez(split, tasks=np.array(["pbe"]), **{"pbe/train_idx": np.array([0, 1, 3, 4, 5]),
              "pbe/val_idx": np.array([2]), "pbe/test_idx": np.array([6])})
     with pytest.warns(UserWarning, match=r"task 'pbe' \(.*syn\.db\): N occur\(s\) only outside the training split"):
-        dm = make_dm({"pbe": path}, split_file=str(split))
+        dm = make_dm({"pbe": path}, split_file=str(split), num_train=5, num_val=1, num_test=1)
     ref = dm.energy_references["pbe"].as_dict()
     assert ref[7] == 0.0 and ref[1] == pytest.approx(E0[1], abs=1e-6)
     assert float(dm.subsets["pbe"]["val"][0]["energy"]) == pytest.approx(E0[7], abs=1e-3)

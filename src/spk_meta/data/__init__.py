@@ -1,19 +1,48 @@
 """Task databases: one SchNetPack ASE database per level of theory."""
 
-from spk_meta.data.datamodule import ConcatTaskSubsets, TaskDataModule, TaskSplitMismatch
+from spk_meta.data.contract import EpisodicTaskData, missing_members
+from spk_meta.data.datamodule import ConcatTaskSubsets, TaskDataModule
+from spk_meta.data.errors import TaskDataError, TaskSplitMismatch
 from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
 from spk_meta.data.task_dataset import (
     TaskData,
-    TaskDataError,
     TaskDataset,
     TaskSubset,
+    resolve_task_path,
+    start_directory,
     task_name_from_database,
 )
-from spk_meta.data.atomrefs import AtomicEnergies, composition_matrix, fit_atomic_energies
+from spk_meta.data.splits import (
+    DatabaseIdentity,
+    TaskSplit,
+    draw_split,
+    load_splits,
+    save_splits,
+    split_counts,
+)
+from spk_meta.data.atomrefs import (
+    AtomicEnergies,
+    composition_matrix,
+    fit_atomic_energies,
+    load_energy_references,
+    save_energy_references,
+)
 from spk_meta.data.level_of_theory import LevelOfTheory, level_slug
 from spk_meta.data.writer import DatabaseWriteError, DatabaseWriter, extxyz_to_database, write_database
 
 __all__ = [
+    "EpisodicTaskData",
+    "missing_members",
+    "DatabaseIdentity",
+    "TaskSplit",
+    "draw_split",
+    "load_splits",
+    "save_splits",
+    "split_counts",
+    "load_energy_references",
+    "save_energy_references",
+    "resolve_task_path",
+    "start_directory",
     "ConcatTaskSubsets",
     "TaskBatchSampler",
     "TaskBatchStream",

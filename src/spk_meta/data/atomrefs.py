@@ -6,13 +6,26 @@ single composition (one molecule, as in the embedded ethanol data) the compositi
 has rank 1 and the fit is underdetermined: we return the minimum-norm solution, which
 reproduces the mean energy exactly (sum_i E0[Z_i] = mean E for that composition) and
 spreads it over the elements in proportion to their counts.
+
+The fitted references of a run are saved as ``energy_references.json`` (one entry per
+task, :func:`save_energy_references`) and read back with :func:`load_energy_references`.
+They are refitted on every start from the task's (checked) training split, so the file
+always describes the run that wrote it last.
 """
 
+import json
+import logging
+import warnings
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from ase.data import chemical_symbols
+
+from spk_meta.utils import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -109,3 +122,110 @@ def fit_atomic_energies(
         rank=int(rank),
         residual_rms=float(np.sqrt(np.mean(residual**2))),
     )
+
+
+def fit_split_reference(
+    numbers: Sequence[Sequence[int]],
+    energies: Sequence[float],
+    elements: Sequence[int],
+    where: str,
+) -> AtomicEnergies:
+    """E0 of one task on its training split, over all of the task's ``elements``.
+
+    An element that occurs only outside the training split gets a zero column, hence
+    E0 = 0 in the minimum-norm solution; that is warned about, naming ``where`` (e.g.
+    ``"task 'pbe' (/data/pbe.db)"``). A rank-deficient fit is logged (INFO).
+
+    Args:
+        numbers: atomic numbers of each training frame.
+        energies: total energy of each training frame, shape ``(n_train,)``.
+        elements: every atomic number of the task (also those outside the split).
+        where: names the task in messages.
+    """
+    unseen = set(int(z) for z in elements) - {int(z) for zs in numbers for z in zs}
+    if unseen:
+        warnings.warn(
+            f"{where}: "
+            + ", ".join(chemical_symbols[z] for z in sorted(unseen))
+            + " occur(s) only outside the training split; their E0 is set to 0",
+            stacklevel=3,
+        )
+    ref = fit_atomic_energies(numbers, energies, elements=elements)
+    if ref.rank_deficient:
+        log.info(
+            "%s: %d compositions cannot separate %d elements; E0 is the minimum-norm fit "
+            "(exact for the mean energy of each composition)",
+            where, ref.rank, len(ref.elements),
+        )
+    return ref
+
+
+def energy_references_as_dict(
+    references: Mapping[str, AtomicEnergies],
+    unit: str,
+    info: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> Dict[str, Dict[str, Any]]:
+    """JSON-ready ``{task: {elements, symbols, values, unit, rank, ...}}``.
+
+    Args:
+        references: fitted E0 per task.
+        unit: the energy unit of the values.
+        info: extra entries per task (e.g. ``level_of_theory``, ``database``), written first.
+    """
+    out = {}
+    for name, ref in references.items():
+        out[name] = {
+            **dict((info or {}).get(name, {})),
+            "unit": unit,
+            "elements": [int(z) for z in ref.elements],
+            "symbols": [chemical_symbols[z] for z in ref.elements],
+            "values": [float(v) for v in ref.values],
+            "rank": int(ref.rank),
+            "rank_deficient": bool(ref.rank_deficient),
+            "residual_rms": float(ref.residual_rms),
+        }
+    return out
+
+
+def save_energy_references(
+    path: Union[str, Path],
+    references: Mapping[str, AtomicEnergies],
+    unit: str,
+    info: Optional[Mapping[str, Mapping[str, Any]]] = None,
+) -> Path:
+    """Write :func:`energy_references_as_dict` as JSON, atomically (temporary name, rename)."""
+    path = Path(path)
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(energy_references_as_dict(references, unit, info), indent=1))
+    return path
+
+
+def load_energy_references(path: Union[str, Path]) -> Dict[str, Tuple[AtomicEnergies, str]]:
+    """The references saved by :func:`save_energy_references`: ``{task: (E0, unit)}``.
+
+    Raises:
+        ValueError: the file is not such a JSON file (the message names it and the task).
+    """
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not an energy reference file ({err})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path}: not an energy reference file (expected an object keyed by task)")
+    out = {}
+    for name, entry in saved.items():
+        try:
+            ref = AtomicEnergies(
+                elements=tuple(int(z) for z in entry["elements"]),
+                values=np.asarray(entry["values"], dtype=np.float64),
+                rank=int(entry["rank"]),
+                residual_rms=float(entry["residual_rms"]),
+            )
+            unit = str(entry["unit"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}: task '{name}': malformed entry ({type(err).__name__}: {err})") from None
+        if len(ref.values) != len(ref.elements):
+            raise ValueError(f"{path}: task '{name}': {len(ref.elements)} elements but {len(ref.values)} values")
+        out[name] = (ref, unit)
+    return out

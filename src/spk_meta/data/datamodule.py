@@ -8,8 +8,9 @@ per task (caching deterministic ones) and serves:
 
 - ``train_dataloader()``: one task -> ordinary shuffled batches; several tasks -> joint
   epochs (every training frame once, each batch from one task, tasks interleaved);
-- ``task_stream(name)``: endless batches of one task, reshuffled each pass, for episodic
-  training (the training task picks the task and how many batches; this module serves);
+- ``task_stream(name)``/``next_batch(name)``: endless batches of one task, reshuffled each
+  pass, for episodic training (the training task picks the task and how many batches;
+  this module serves; the contract is :class:`~spk_meta.data.EpisodicTaskData`);
 - ``val_dataloader()``/``test_dataloader()``: one loader, task after task, each batch
   from one task (``batch["_task"]``), so per-task metrics need no ``dataloader_idx``.
 
@@ -17,49 +18,48 @@ For SchNetPack's ``AddOffsets``/``RemoveOffsets`` it exposes the statistics of o
 task (``train_dataset.atomrefs``, ``get_atomrefs``, ``get_stats``): the only task in
 single-task mode, else ``active_task`` if set, else none, and the model then predicts
 reference-subtracted energies.
+
+The saved split lives in :mod:`spk_meta.data.splits` (format, checks on reuse), the E0 fit
+and its JSON in :mod:`spk_meta.data.atomrefs`; this module wires them to the tasks.
 """
 
 import copy
-import json
+import logging
 import math
 import warnings
-import logging
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from ase.data import chemical_symbols
 from schnetpack import properties as structure
 from schnetpack.data import AtomsLoader
-from schnetpack.data.loader import _atoms_collate_fn
 from schnetpack.transform import RemoveOffsets
 
-from spk_meta.data.atomrefs import AtomicEnergies, fit_atomic_energies
+from spk_meta.data.atomrefs import AtomicEnergies, energy_references_as_dict, fit_split_reference, save_energy_references
 from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
-from spk_meta.data.task_dataset import (
-    PathLike,
-    TaskDataError,
-    TaskDataset,
-    TaskSubset,
+from spk_meta.data.splits import (
+    SPLIT_NAMES,
+    TaskSplit,
+    TaskSplitMismatch,
+    check_saved_split,
+    draw_split,
+    load_splits,
+    save_splits,
     split_counts,
 )
-from spk_meta.utils import atomic_path
+from spk_meta.data.task_dataset import PathLike, TaskDataError, TaskDataset, TaskSubset
 
 log = logging.getLogger(__name__)
 
 SplitValue = Optional[Union[int, float, Mapping[str, Union[int, float]]]]
-SPLITS = ("train", "val", "test")
+SPLITS = SPLIT_NAMES
 REFERENCE_MODES = ("fit", "none")
 
 
 #: seed offset between the task streams of consecutive ranks (distributed training)
 STREAM_RANK_STRIDE = 1_000_003
-
-
-class TaskSplitMismatch(TaskDataError):
-    """A saved split file does not belong to the tasks of this run."""
 
 
 def _per_task(value: SplitValue, name: str, what: str):
@@ -91,8 +91,12 @@ class TaskDataModule(pl.LightningDataModule):
         batch_size: structures per batch (every batch holds one task).
         num_train, num_val, num_test: per task, an ``int`` count or a ``float`` fraction;
             or a mapping ``{task: value}``. ``num_test=None``: the remaining frames.
+        tasks: relative database paths are taken from the directory the run was started
+            in (Hydra's original working directory under ``spktrain``), not the run directory.
         split_file: where the per-task split is saved (relative: the working directory,
-            i.e. ``spktrain``'s run directory); reused if it exists. ``None``: don't save.
+            i.e. ``spktrain``'s run directory); reused if it exists and matches the
+            requested counts and the databases (else :class:`TaskSplitMismatch`, see
+            :mod:`spk_meta.data.splits`). ``None``: don't save.
         split_seed: seed for drawing the split; ``None`` uses NumPy's global RNG, which
             ``spktrain`` seeds with ``seed``.
         reference_energies: ``"fit"``: least-squares per-element E0 on each task's
@@ -206,8 +210,9 @@ class TaskDataModule(pl.LightningDataModule):
         self._streams: Dict[str, TaskBatchStream] = {}
         self._pending_stream_state: Dict[str, dict] = {}
         self._joint_sampler: Optional[TaskBatchSampler] = None
-        #: set by an episodic task (ReptileTask: k x tasks per step): the training loader
-        #: then yields outer-step numbers and the task draws its batches from task_stream()
+        #: batches per outer step of an episodic task (ReptileTask: k x tasks per step),
+        #: set through serve_episodes(): the training loader then yields outer-step indices
+        #: and the task draws its batches with next_batch()
         self.episode_steps: Optional[int] = None
         #: rank whose streams this module serves; None: the attached trainer's global rank
         self.stream_rank: Optional[int] = None
@@ -249,6 +254,7 @@ class TaskDataModule(pl.LightningDataModule):
             nan_policy=self.nan_policy,
             progress=self.progress,
         )
+        self._log_tasks()
         if self._active_task is not None and self._active_task not in self.dataset:
             raise TaskDataError(
                 f"active_task '{self._active_task}' is not a task (tasks: {', '.join(self.dataset)})"
@@ -279,69 +285,65 @@ class TaskDataModule(pl.LightningDataModule):
             [len(self.subsets[n]["train"]) for n in self.task_names], self.batch_size, seed=self.stream_seed
         )
 
-    def _make_split(self, name: str) -> Dict[str, np.ndarray]:
+    def _log_tasks(self) -> None:
+        """One INFO line per task: what was loaded from where (duplicate task names in a
+        YAML mapping are merged by the config system before they get here)."""
+        log.info("%d task(s) loaded: %s", len(self.dataset), ", ".join(self.dataset))
+        for name, data in self.dataset.items():
+            skipped = f", {data.n_skipped} skipped (NaN/inf)" if data.n_skipped else ""
+            log.info(
+                "task '%s': %d frames%s from %s (%s)",
+                name, len(data), skipped, data.path, "energy+forces" if data.has_forces else "energy only",
+            )
+
+    def _requested_counts(self, name: str) -> Tuple[int, int, int]:
         data = self.dataset[name]
-        where = f"task '{name}' ({data.path})"
-        n_train, n_val, n_test = split_counts(
+        return split_counts(
             len(data),
             _per_task(self.num_train, name, "num_train"),
             _per_task(self.num_val, name, "num_val"),
             _per_task(self.num_test, name, "num_test"),
-            where,
+            f"task '{name}' ({data.path})",
         )
-        rng = np.random.default_rng(self.split_seed) if self.split_seed is not None else np.random
-        perm = rng.permutation(len(data))
-        return {
-            "train": np.sort(perm[:n_train]),
-            "val": np.sort(perm[n_train : n_train + n_val]),
-            "test": np.sort(perm[n_train + n_val : n_train + n_val + n_test]),
-        }
 
     def _load_or_make_splits(self) -> Dict[str, Dict[str, np.ndarray]]:
+        """Positions (into each task's frames) per split: the saved split, checked against
+        this run, or a new one (saved only once every task's split could be drawn)."""
+        counts = {name: self._requested_counts(name) for name in self.dataset}
         path = Path(self.split_file) if self.split_file else None
         if path is not None and path.exists():
-            splits = self._read_split_file(path)
+            splits = self._reuse_splits(path, counts)
             log.info("Reusing the task splits in %s", path.absolute())
             return splits
-        splits = {name: self._make_split(name) for name in self.dataset}
+        rng = np.random.default_rng(self.split_seed) if self.split_seed is not None else np.random
+        splits = {name: dict(zip(SPLITS, draw_split(len(self.dataset[name]), counts[name], rng))) for name in self.dataset}
         if path is not None:
-            self._write_split_file(path, splits)
+            save_splits(path, {
+                name: TaskSplit(*(data.db_index[splits[name][s]] for s in SPLITS), identity=data.identity())
+                for name, data in self.dataset.items()
+            })
         return splits
 
-    def _write_split_file(self, path: Path, splits) -> None:
-        arrays = {"tasks": np.array(list(splits))}
-        for name, parts in splits.items():
-            data = self.dataset[name]
-            arrays[f"{name}/database"] = np.array(str(data.path))
-            arrays[f"{name}/n_frames"] = np.array(len(data))
-            for split, pos in parts.items():
-                arrays[f"{name}/{split}_idx"] = data.db_index[pos]  # database rows
-        with atomic_path(path, overwrite=True) as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-
-    def _read_split_file(self, path: Path) -> Dict[str, Dict[str, np.ndarray]]:
-        try:
-            z = np.load(path, allow_pickle=False)
-            saved = [str(t) for t in z["tasks"]]
-        except Exception as err:
-            raise TaskSplitMismatch(f"{path}: not a task split file ({err})") from None
+    def _reuse_splits(self, path: Path, counts) -> Dict[str, Dict[str, np.ndarray]]:
+        saved = load_splits(path)
         if sorted(saved) != sorted(self.dataset):
             raise TaskSplitMismatch(
                 f"{path}: the saved split is for tasks [{', '.join(saved)}] but this run has "
-                f"[{', '.join(self.dataset)}]; use a new run directory or delete the file"
+                f"[{', '.join(self.dataset)}]; use a new run directory (run.id) or delete the file"
             )
         splits = {}
         for name, data in self.dataset.items():
+            check_saved_split(path, name, saved[name], data.identity(), counts[name])
             position = {int(r): i for i, r in enumerate(data.db_index)}
             parts = {}
             for split in SPLITS:
-                rows = z[f"{name}/{split}_idx"]
+                rows = saved[name][split]
                 missing = [int(r) for r in rows if int(r) not in position]
                 if missing:
                     raise TaskSplitMismatch(
                         f"{path}: task '{name}' split '{split}' names database rows "
-                        f"{missing[:5]} that {data.path} does not provide"
+                        f"{missing[:5]} that {data.path} does not provide; delete the file "
+                        "or use a new run.id to start fresh"
                     )
                 parts[split] = np.array([position[int(r)] for r in rows], dtype=np.int64)
             splits[name] = parts
@@ -350,52 +352,28 @@ class TaskDataModule(pl.LightningDataModule):
     def _fit_references(self) -> None:
         for name, data in self.dataset.items():
             train = self.splits[name]["train"]
-            numbers = [data.numbers(i) for i in train]
-            unseen = set(data.elements) - {int(z) for zs in numbers for z in zs}
-            if unseen:
-                warnings.warn(
-                    f"task '{name}' ({data.path}): "
-                    + ", ".join(chemical_symbols[z] for z in sorted(unseen))
-                    + " occur(s) only outside the training split; their E0 is set to 0",
-                    stacklevel=2,
-                )
-            # all of the task's elements: one missing from the training split gets a zero
-            # column, hence E0 = 0 in the minimum-norm solution
-            ref = fit_atomic_energies(numbers, data.energies[train], elements=data.elements)
+            ref = fit_split_reference(
+                [data.numbers(i) for i in train], data.energies[train], data.elements, f"task '{name}' ({data.path})"
+            )
             data.set_reference(ref)
             self.energy_references[name] = ref
-            if ref.rank_deficient:
-                log.info(
-                    "task '%s': %d compositions cannot separate %d elements; E0 is the "
-                    "minimum-norm fit (exact for the mean energy of each composition)",
-                    name, ref.rank, len(ref.elements),
-                )
         if self.references_file:
             self.write_references(self.references_file)
 
+    def _reference_info(self) -> Dict[str, Dict[str, Any]]:
+        info = {}
+        for name in self.energy_references:
+            level = self.dataset[name].level_of_theory
+            info[name] = {"level_of_theory": level.name if level else None, "database": str(self.dataset[name].path)}
+        return info
+
     def references_as_dict(self) -> Dict[str, Any]:
         """The fitted references, JSON-ready: ``{task: {elements, values, unit, ...}}``."""
-        out = {}
-        for name, ref in self.energy_references.items():
-            level = self.dataset[name].level_of_theory
-            out[name] = {
-                "level_of_theory": level.name if level else None,
-                "database": str(self.dataset[name].path),
-                "unit": self.energy_unit,
-                "elements": list(ref.elements),
-                "symbols": [chemical_symbols[z] for z in ref.elements],
-                "values": [float(v) for v in ref.values],
-                "rank": ref.rank,
-                "rank_deficient": ref.rank_deficient,
-                "residual_rms": ref.residual_rms,
-            }
-        return out
+        return energy_references_as_dict(self.energy_references, self.energy_unit, self._reference_info())
 
     def write_references(self, path: Union[str, Path]) -> Path:
-        path = Path(path)
-        with atomic_path(path, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(self.references_as_dict(), indent=1))
-        return path
+        """Write the fitted references (atomically; see :func:`~spk_meta.data.load_energy_references`)."""
+        return save_energy_references(path, self.energy_references, self.energy_unit, self._reference_info())
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -516,6 +494,14 @@ class TaskDataModule(pl.LightningDataModule):
             **kw,
         )
 
+    def serve_episodes(self, batches_per_step: Optional[int]) -> None:
+        """Episodic training: ``train_dataloader()`` yields outer-step indices, each
+        standing for ``batches_per_step`` batches the task draws with :meth:`next_batch`
+        (see :mod:`spk_meta.data.contract`). ``None``: ordinary training batches again."""
+        if batches_per_step is not None and int(batches_per_step) < 1:
+            raise ValueError(f"batches_per_step must be >= 1, got {batches_per_step}")
+        self.episode_steps = None if batches_per_step is None else int(batches_per_step)
+
     def train_dataloader(self):
         self._require_setup()
         if self.episode_steps:
@@ -533,20 +519,19 @@ class TaskDataModule(pl.LightningDataModule):
             )
         return self._task_batches("train", self._joint_sampler, self.num_workers)
 
-    def _task_batches(self, split: str, sampler: TaskBatchSampler, workers: int):
-        return torch.utils.data.DataLoader(
+    def _task_batches(self, split: str, sampler: TaskBatchSampler, workers: int) -> AtomsLoader:
+        return AtomsLoader(
             self._concat(split),
             batch_sampler=sampler,
-            collate_fn=_atoms_collate_fn,
             num_workers=workers,
             pin_memory=self.pin_memory,
             persistent_workers=workers > 0,
         )
 
     def outer_step_loader(self) -> torch.utils.data.DataLoader:
-        """Outer-step numbers for an episodic task: one epoch = as many outer steps as make
-        the inner steps (``episode_steps`` each) add up to one pass over all training
-        batches, at least one."""
+        """Outer-step indices ``0 .. n-1`` for an episodic task (plain ints, no data): one
+        epoch = as many outer steps as make their batches (``episode_steps`` each) add up
+        to one pass over all tasks' training batches, at least one."""
         total = sum(self.task_stream(n).batches_per_pass for n in self.task_names)
         steps = max(1, math.ceil(total / self.episode_steps))
         return torch.utils.data.DataLoader(range(steps), batch_size=None)
@@ -590,12 +575,21 @@ class TaskDataModule(pl.LightningDataModule):
 
     # -- state for checkpoints -----------------------------------------------------------
 
-    def state_dict(self) -> Dict[str, Any]:
+    def stream_state(self) -> Dict[str, Any]:
+        """Position of every task stream (drawn from or pending), ``{task: state}``."""
         streams = {n: s.state_dict() for n, s in self._streams.items()}
         streams.update({n: s for n, s in self._pending_stream_state.items() if n not in streams})
+        return streams
+
+    def load_stream_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the task streams from :meth:`stream_state` (applied when each is next used)."""
+        self._streams.clear()
+        self._pending_stream_state = dict(state or {})
+
+    def state_dict(self) -> Dict[str, Any]:
         return {
             "stream_seed": self.stream_seed,
-            "streams": streams,
+            "streams": self.stream_state(),
             "joint_epoch": self._joint_sampler.epoch if self._joint_sampler else 0,
             "energy_references": self.references_as_dict() if self.dataset is not None else {},
         }
@@ -606,6 +600,5 @@ class TaskDataModule(pl.LightningDataModule):
         if self._joint_sampler is not None:
             self._joint_sampler.seed = self.stream_seed
             self._joint_sampler.epoch = int(state.get("joint_epoch", 0))
-        self._streams.clear()
-        self._pending_stream_state = dict(state.get("streams", {}))
+        self.load_stream_state(state.get("streams", {}))
 

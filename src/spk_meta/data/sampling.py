@@ -1,11 +1,11 @@
 """How batches are drawn from tasks: sampling weights, endless per-task streams, joint epochs."""
 
 import math
-from typing import Callable, Dict, Iterator, List, Mapping, Sequence
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
-from schnetpack.data.loader import _atoms_collate_fn
+from schnetpack.data import AtomsLoader
 
 TASK_SAMPLING = ("uniform", "size", "temperature")
 
@@ -51,7 +51,9 @@ class TaskBatchStream:
         dataset: the task's training split (a :class:`~spk_meta.data.TaskSubset`).
         batch_size: structures per batch; the last batch of a pass may be smaller.
         seed: seed of the stream's own generator (independent of the global RNG).
-        collate_fn: SchNetPack's collate function by default.
+        collate_fn: how samples become a batch; ``None``: SchNetPack's, through an
+            ``AtomsLoader`` whose batch sampler is this stream (no worker, no prefetch:
+            each batch is drawn when it is asked for).
 
     ``state_dict()``/``load_state_dict()`` capture the position, so a resumed run
     continues with exactly the batches an uninterrupted one would have drawn.
@@ -62,13 +64,14 @@ class TaskBatchStream:
         dataset,
         batch_size: int,
         seed: int = 0,
-        collate_fn: Callable = _atoms_collate_fn,
+        collate_fn: Optional[Callable] = None,
     ):
         if len(dataset) == 0:
             raise ValueError(f"task '{getattr(dataset, 'name', '?')}' has no training frames")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.collate_fn = collate_fn
+        self._batches: Optional[Iterator[Dict[str, torch.Tensor]]] = None
         self.generator = torch.Generator().manual_seed(int(seed))
         self.passes = 0
         self._order: List[int] = []
@@ -89,7 +92,11 @@ class TaskBatchStream:
         return idx
 
     def __next__(self) -> Dict[str, torch.Tensor]:
-        return self.collate_fn([self.dataset[i] for i in self.next_indices()])
+        if self.collate_fn is not None:
+            return self.collate_fn([self.dataset[i] for i in self.next_indices()])
+        if self._batches is None:
+            self._batches = iter(AtomsLoader(self.dataset, batch_sampler=_Endless(self)))
+        return next(self._batches)
 
     @property
     def batches_per_pass(self) -> int:
@@ -108,6 +115,17 @@ class TaskBatchStream:
         self.passes = int(state["passes"])
         self._order = list(state["order"])
         self._pos = int(state["pos"])
+
+
+class _Endless:
+    """The batch sampler of a stream's loader: the stream's next indices, on demand."""
+
+    def __init__(self, stream: TaskBatchStream):
+        self.stream = stream
+
+    def __iter__(self) -> Iterator[List[int]]:
+        while True:
+            yield self.stream.next_indices()
 
 
 class TaskBatchSampler(torch.utils.data.Sampler):

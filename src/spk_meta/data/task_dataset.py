@@ -10,7 +10,7 @@ transforms are deterministic (neighbour lists, casts, centring), so each neighbo
 built once per run instead of once per epoch.
 """
 
-import math
+import os
 import sqlite3
 import warnings
 from collections.abc import Mapping as MappingABC
@@ -30,7 +30,9 @@ from tqdm.auto import tqdm
 
 from spk_meta import properties
 from spk_meta.data.atomrefs import AtomicEnergies
+from spk_meta.data.errors import TaskDataError
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory, level_slug
+from spk_meta.data.splits import DatabaseIdentity, fingerprint_arrays
 
 PathLike = Union[str, Path]
 
@@ -55,8 +57,23 @@ NAN_POLICIES = ("fail", "skip")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
-class TaskDataError(ValueError):
-    """A task database cannot be used; the message names the file and the problem."""
+def start_directory() -> Path:
+    """The directory the user started in: Hydra's original working directory inside a
+    Hydra app (``spktrain`` changes into the run directory), else the current one."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.cwd)
+    except Exception:  # no Hydra, or a config without runtime information
+        pass
+    return Path(os.getcwd())
+
+
+def resolve_task_path(path: PathLike) -> Path:
+    """``path`` made absolute against :func:`start_directory` (``~`` expanded)."""
+    path = Path(str(path)).expanduser()
+    return path if path.is_absolute() else start_directory() / path
 
 
 def _unit_factor(path: Path, what: str, source: str, target: str) -> float:
@@ -109,6 +126,7 @@ class _Frames:
     forces: Optional[np.ndarray]  # (n_atoms_total, 3) or None
     n_skipped: int
     skipped_rows: List[int]
+    fingerprint: str  # of the kept frames as stored (database units)
 
 
 class TaskData(torch.utils.data.Dataset):
@@ -153,7 +171,7 @@ class TaskData(torch.utils.data.Dataset):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
         self.name = name
-        self.path = Path(path).absolute()
+        self.path = resolve_task_path(path)
         self.index = int(index)
         self.energy_key = energy_key
         md = _open_metadata(self.path)
@@ -254,17 +272,21 @@ class TaskData(torch.utils.data.Dataset):
             )
         if not energies:
             raise TaskDataError(f"{self.path}: no frame with finite labels")
+        db_index = np.asarray(db_index, dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
+        numbers, positions, energies = np.concatenate(numbers), np.concatenate(positions), np.asarray(energies)
         return _Frames(
-            db_index=np.asarray(db_index, dtype=np.int64),
-            offsets=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
-            numbers=np.concatenate(numbers),
-            positions=np.concatenate(positions) * f_dist,
+            db_index=db_index,
+            offsets=offsets,
+            numbers=numbers,
+            positions=positions * f_dist,
             cell=np.stack(cells) * f_dist,
             pbc=np.stack(pbcs),
-            energy=np.asarray(energies) * f_energy,
+            energy=energies * f_energy,
             forces=np.concatenate(forces) * f_forces if self.has_forces else None,
             n_skipped=len(skipped),
             skipped_rows=skipped,
+            fingerprint=fingerprint_arrays(db_index, offsets, numbers, positions, energies),
         )
 
     # -- access --------------------------------------------------------------------------
@@ -276,6 +298,11 @@ class TaskData(torch.utils.data.Dataset):
     def n_skipped(self) -> int:
         """Frames dropped for NaN/inf labels (``nan_policy="skip"``)."""
         return self._frames.n_skipped
+
+    def identity(self) -> DatabaseIdentity:
+        """What a saved split of this task is checked against: the database, the number
+        of frames served and a fingerprint of their rows, atoms, positions and energies."""
+        return DatabaseIdentity(path=str(self.path), n_frames=len(self), fingerprint=self._frames.fingerprint)
 
     @property
     def db_index(self) -> np.ndarray:
@@ -410,7 +437,8 @@ class TaskDataset(MappingABC):
 
     Args:
         tasks: mapping ``name -> database path``, or a sequence of paths (each named by
-            the slug of its level of theory, else of its file name).
+            the slug of its level of theory, else of its file name). Relative paths are
+            resolved against :func:`start_directory` (where ``spktrain`` was started).
         energy_key, forces_key, distance_unit, energy_unit, forces_unit, nan_policy, progress: see
             :class:`TaskData`; shared by all tasks, so every task ends in one unit system.
 
@@ -450,9 +478,16 @@ class TaskDataset(MappingABC):
         if isinstance(tasks, (str, Path)):
             tasks = [tasks]
         if isinstance(tasks, MappingABC) or hasattr(tasks, "items"):
-            named = [(str(k), Path(str(v))) for k, v in tasks.items()]
+            given = [(str(k), str(v)) for k, v in tasks.items()]
         else:
-            named = [(task_name_from_database(Path(str(p))), Path(str(p))) for p in tasks]
+            given = [(None, str(p)) for p in tasks]
+        named = []
+        for name, path in given:
+            resolved = resolve_task_path(path)
+            if not resolved.exists():
+                where = "" if Path(path).expanduser() == resolved else f" (resolved to {resolved})"
+                raise TaskDataError(f"{path}{where}: no such task database")
+            named.append((task_name_from_database(resolved) if name is None else name, resolved))
         if not named:
             raise TaskDataError("no tasks given: pass a mapping of task names to database paths")
         seen: Dict[str, Path] = {}
@@ -492,36 +527,3 @@ class TaskDataset(MappingABC):
     def __repr__(self) -> str:
         return "TaskDataset(\n" + "\n".join(f"  {t!r}" for t in self._tasks.values()) + "\n)"
 
-
-def split_counts(n: int, num_train, num_val, num_test, where: str) -> tuple:
-    """Resolve counts or fractions against ``n`` frames; ``num_test=None`` takes the rest.
-
-    Raises:
-        TaskDataError: the split asks for more frames than exist (message names ``where``).
-    """
-
-    def count(value, what):
-        """An int is a frame count; a float in [0, 1] is a fraction of ``n``."""
-        if value is None:
-            return None
-        if value < 0:
-            raise TaskDataError(f"{where}: {what} must be >= 0, got {value}")
-        if isinstance(value, float):
-            if value > 1.0:
-                raise TaskDataError(f"{where}: {what}={value} is neither a count (int) nor a fraction <= 1")
-            return int(math.floor(value * n))
-        return int(value)
-
-    n_train = count(num_train, "num_train") or 0
-    n_val = count(num_val, "num_val") or 0
-    n_test = count(num_test, "num_test")
-    if n_test is None:
-        n_test = max(n - n_train - n_val, 0)
-    if n_train + n_val + n_test > n:
-        raise TaskDataError(
-            f"{where}: the split asks for {n_train} train + {n_val} val + {n_test} test = "
-            f"{n_train + n_val + n_test} frames but only {n} are available"
-        )
-    if n_train == 0:
-        raise TaskDataError(f"{where}: the split leaves no training frames")
-    return n_train, n_val, n_test

@@ -19,6 +19,9 @@ What a "step" is (Lightning manual optimisation):
   ``val_check_interval`` (int) and ``limit_train_batches`` count outer steps; an epoch is
   the number of outer steps whose inner steps add up to one pass over all tasks'
   training batches (at least one);
+- the data module's training loader yields only outer-step indices (the task draws its
+  batches itself with ``next_batch``): the contract is
+  :class:`spk_meta.data.EpisodicTaskData`, checked at set-up;
 - validation, checkpoints and callbacks (EMA) run between outer steps and see θ, never φ;
 - learning-rate schedulers are stepped by this task: ``ReduceLROnPlateau`` after each
   validation on its monitored value (``val_loss``), others once per epoch.
@@ -40,6 +43,7 @@ from schnetpack.task import UnsupervisedModelOutput
 from torch.optim.lr_scheduler import ReduceLROnPlateau
 
 from spk_meta import properties
+from spk_meta.data.contract import EpisodicTaskData, missing_members
 from spk_meta.task.atomistic import AtomisticTask
 
 
@@ -126,19 +130,22 @@ class ReptileTask(AtomisticTask):
     # -- set-up ---------------------------------------------------------------------------
 
     @property
-    def datamodule(self):
+    def datamodule(self) -> EpisodicTaskData:
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not callable(getattr(dm, "task_stream", None)):
+        if not isinstance(dm, EpisodicTaskData):
+            got = type(dm).__name__ if dm is not None else "no data module"
+            lacking = f" (it lacks: {', '.join(missing_members(dm))})" if dm is not None else ""
             raise TypeError(
-                "ReptileTask draws its batches per task from a spk_meta.data.TaskDataModule "
-                "(data=tasks, data=ethanol_multilevel, ...); got "
-                f"{type(dm).__name__ if dm is not None else 'no data module'}"
+                "ReptileTask draws its batches per task from a data module with the "
+                "spk_meta.data.EpisodicTaskData members, such as spk_meta.data.TaskDataModule "
+                f"(data=tasks, data=ethanol_multilevel, ...); got {got}{lacking}"
             )
         return dm
 
     def setup(self, stage=None):
         if stage == "fit":
-            self.datamodule.episode_steps = self.inner_steps * self.tasks_per_step
+            # the training loader now yields outer-step indices; batches come from next_batch
+            self.datamodule.serve_episodes(self.inner_steps * self.tasks_per_step)
             self._sampling = None  # weights of this data module
         super().setup(stage)
 
@@ -153,15 +160,14 @@ class ReptileTask(AtomisticTask):
         if state is not None:
             if state.get("optimizer") is not None:
                 self.optimizers().optimizer.load_state_dict(state["optimizer"])
-            dm = self.datamodule
-            dm.load_state_dict({**dm.state_dict(), "streams": state.get("streams") or {}})
+            self.datamodule.load_stream_state(state.get("streams") or {})
             self._rank_state_to_restore = None
 
     def _rank_state(self) -> Dict[str, Any]:
         dm = getattr(self.trainer, "datamodule", None)
         return {
             "rng": None if self._rng is None else self._rng.bit_generator.state,
-            "streams": dm.state_dict()["streams"] if dm is not None and hasattr(dm, "task_stream") else {},
+            "streams": dm.stream_state() if isinstance(dm, EpisodicTaskData) else {},
             "optimizer": self.optimizers().optimizer.state_dict() if self.trainer.world_size > 1 else None,
         }
 
@@ -261,7 +267,8 @@ class ReptileTask(AtomisticTask):
             task = self.sample_task()
             if m > 0:
                 with torch.no_grad():
-                    torch._foreach_copy_(params, theta)
+                    for p, t in zip(params, theta):
+                        p.copy_(t)
             if self.reset_optimizer:
                 optimizer.optimizer.state.clear()
             task_losses = [self._inner_step(optimizer, self.datamodule.next_batch(task)) for _ in range(self.inner_steps)]
@@ -270,11 +277,12 @@ class ReptileTask(AtomisticTask):
             self.log(f"train_loss_{task}", mean_loss, on_step=True, on_epoch=False)
             if not plain:
                 with torch.no_grad():
-                    delta = torch._foreach_sub([p.detach() for p in params], theta)
+                    delta = [p.detach() - t for p, t in zip(params, theta)]
                     if delta_sum is None:
                         delta_sum = delta
                     else:
-                        torch._foreach_add_(delta_sum, delta)
+                        for s, d in zip(delta_sum, delta):
+                            s.add_(d)
         if not plain:
             with torch.no_grad():
                 scale = epsilon / self.tasks_per_step
@@ -283,8 +291,9 @@ class ReptileTask(AtomisticTask):
                     flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
                     delta_sum = list(torch.split(flat, [d.numel() for d in delta_sum]))
                     delta_sum = [d.view_as(p) for d, p in zip(delta_sum, params)]
-                torch._foreach_add_(theta, delta_sum, alpha=scale)
-                torch._foreach_copy_(params, theta)
+                for p, t, d in zip(params, theta, delta_sum):
+                    t.add_(d, alpha=scale)
+                    p.copy_(t)
         self.outer_step += 1
         loss = torch.stack(losses).mean()
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)

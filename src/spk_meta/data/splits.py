@@ -1,0 +1,278 @@
+"""The saved per-task split (``task_splits.npz``): which database rows each task trains,
+validates and tests on, and which database they belong to.
+
+A run draws its split once and saves it in the run directory; a resumed run (same
+``run.id``) reuses it so that its validation and test frames never leak into training.
+Reuse is checked: a saved split whose counts, frame count or database content differ
+from what the run asks for is an error (:class:`TaskSplitMismatch`) that names the task,
+what differs and how to start fresh. The file is independent of how frames are stored:
+it holds database rows (row id - 1) and a :class:`DatabaseIdentity` per task.
+
+File format (NumPy ``.npz``, no pickles), version 2::
+
+    format_version          () int            2
+    tasks                   (n_tasks,) str
+    <task>/train_idx        (n_train,) int64  database rows, ascending
+    <task>/val_idx          (n_val,) int64
+    <task>/test_idx         (n_test,) int64
+    <task>/database         () str            absolute path when the split was drawn
+    <task>/n_frames         () int            frames the task served (after NaN skips)
+    <task>/fingerprint      () str            content hash of those frames
+
+Version 1 (no ``format_version``, no fingerprint) is still read; its reuse is checked by
+counts and frame count only (with a warning).
+
+Reading a split in your own code::
+
+    from spk_meta.data import load_splits
+    val_rows = load_splits("runs/<id>/task_splits.npz")["mp2_6-31gs"].val
+"""
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from spk_meta.data.errors import TaskDataError, TaskSplitMismatch
+from spk_meta.utils import atomic_path
+
+PathLike = Union[str, Path]
+
+#: version written by :func:`save_splits`
+SPLITS_FORMAT_VERSION = 2
+#: split names, in file and tuple order
+SPLIT_NAMES = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class DatabaseIdentity:
+    """What a saved split was drawn from.
+
+    Attributes:
+        path: the task database (absolute path, informational: a moved or copied file
+            with the same content is the same data).
+        n_frames: frames the task served (after frames with NaN labels were skipped).
+        fingerprint: hex digest of the served frames' content (see
+            :func:`fingerprint_arrays`), or ``None`` for a version-1 file.
+    """
+
+    path: str
+    n_frames: int
+    fingerprint: Optional[str] = None
+
+    def differences(self, current: "DatabaseIdentity") -> List[str]:
+        """Human-readable differences between this (saved) identity and ``current``."""
+        out = []
+        if self.n_frames != current.n_frames:
+            out.append(f"the database has {current.n_frames} frames, the split was drawn from {self.n_frames}")
+        if self.fingerprint is not None and current.fingerprint is not None and self.fingerprint != current.fingerprint:
+            out.append(
+                f"the frames of {current.path} differ from those the split was drawn from "
+                f"({self.path}): the database was rewritten or replaced"
+            )
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class TaskSplit:
+    """One task's split as database rows (row id - 1).
+
+    Attributes:
+        train, val, test: database rows, shape ``(n,)`` each, int64, ascending, read-only.
+        identity: the database the rows belong to (``None``: not recorded).
+    """
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    identity: Optional[DatabaseIdentity] = None
+
+    def __post_init__(self):
+        for name in SPLIT_NAMES:
+            rows = np.array(getattr(self, name), dtype=np.int64).reshape(-1)
+            rows.setflags(write=False)
+            object.__setattr__(self, name, rows)
+
+    def __getitem__(self, split: str) -> np.ndarray:
+        if split not in SPLIT_NAMES:
+            raise KeyError(f"no split '{split}' (splits: {', '.join(SPLIT_NAMES)})")
+        return getattr(self, split)
+
+    @property
+    def counts(self) -> Tuple[int, int, int]:
+        """``(n_train, n_val, n_test)``."""
+        return tuple(len(getattr(self, s)) for s in SPLIT_NAMES)
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """SHA-256 over the dtype, shape and bytes of each array, in order (hex digest).
+
+    The data layer passes the frames as they are stored (rows, atomic numbers,
+    positions, energies in the database's own units), so the fingerprint does not
+    change with the units a run asks for.
+    """
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def split_counts(n: int, num_train, num_val, num_test, where: str) -> Tuple[int, int, int]:
+    """Resolve counts or fractions against ``n`` frames; ``num_test=None`` takes the rest.
+
+    An ``int`` is a frame count, a ``float`` in [0, 1] a fraction of ``n`` (rounded down).
+
+    Raises:
+        TaskDataError: a negative value, a fraction > 1, no training frames, or more
+            frames than exist (the message names ``where``).
+    """
+
+    def count(value, what):
+        if value is None:
+            return None
+        if value < 0:
+            raise TaskDataError(f"{where}: {what} must be >= 0, got {value}")
+        if isinstance(value, float):
+            if value > 1.0:
+                raise TaskDataError(f"{where}: {what}={value} is neither a count (int) nor a fraction <= 1")
+            return int(math.floor(value * n))
+        return int(value)
+
+    n_train = count(num_train, "num_train") or 0
+    n_val = count(num_val, "num_val") or 0
+    n_test = count(num_test, "num_test")
+    if n_test is None:
+        n_test = max(n - n_train - n_val, 0)
+    if n_train + n_val + n_test > n:
+        raise TaskDataError(
+            f"{where}: the split asks for {n_train} train + {n_val} val + {n_test} test = "
+            f"{n_train + n_val + n_test} frames but only {n} are available"
+        )
+    if n_train == 0:
+        raise TaskDataError(f"{where}: the split leaves no training frames")
+    return n_train, n_val, n_test
+
+
+def draw_split(n_frames: int, counts: Sequence[int], rng=None) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A random split of ``range(n_frames)`` into disjoint, sorted train/val/test positions.
+
+    Args:
+        n_frames: frames to split.
+        counts: ``(n_train, n_val, n_test)``, summing to at most ``n_frames``.
+        rng: a ``numpy.random.Generator`` (or the ``numpy.random`` module, the global RNG).
+    """
+    rng = np.random if rng is None else rng
+    n_train, n_val, n_test = (int(c) for c in counts)
+    perm = rng.permutation(n_frames)
+    return (
+        np.sort(perm[:n_train]),
+        np.sort(perm[n_train : n_train + n_val]),
+        np.sort(perm[n_train + n_val : n_train + n_val + n_test]),
+    )
+
+
+def save_splits(path: PathLike, splits: Mapping[str, TaskSplit]) -> Path:
+    """Write ``splits`` (every task with its :class:`DatabaseIdentity`) atomically.
+
+    The file appears complete or not at all (temporary name, then rename).
+    """
+    path = Path(path)
+    arrays = {"format_version": np.array(SPLITS_FORMAT_VERSION), "tasks": np.array(list(splits))}
+    for name, split in splits.items():
+        if split.identity is None:
+            raise ValueError(f"task '{name}': a split is saved with its database identity")
+        arrays[f"{name}/database"] = np.array(str(split.identity.path))
+        arrays[f"{name}/n_frames"] = np.array(int(split.identity.n_frames))
+        arrays[f"{name}/fingerprint"] = np.array(str(split.identity.fingerprint or ""))
+        for s in SPLIT_NAMES:
+            arrays[f"{name}/{s}_idx"] = split[s]
+    with atomic_path(path, overwrite=True) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+    return path
+
+
+def load_splits(path: PathLike) -> Dict[str, TaskSplit]:
+    """The splits saved in ``path``: ``{task: TaskSplit}`` (database rows per split).
+
+    Reads format versions 1 and 2 (version 1 has no fingerprint: ``identity.fingerprint``
+    is ``None``, and ``identity`` itself is ``None`` if the frame count was not saved).
+
+    Raises:
+        TaskSplitMismatch: not a split file, an unknown version, or a task without rows.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            content = {k: z[k] for k in z.files}
+        tasks = [str(t) for t in content["tasks"].reshape(-1)]
+    except Exception as err:
+        raise TaskSplitMismatch(f"{path}: not a task split file ({type(err).__name__}: {err})") from None
+    version = int(content["format_version"]) if "format_version" in content else 1
+    if version > SPLITS_FORMAT_VERSION:
+        raise TaskSplitMismatch(
+            f"{path}: split file format {version} is newer than this spk-meta reads "
+            f"({SPLITS_FORMAT_VERSION}); upgrade spk-meta or start a new run"
+        )
+    out = {}
+    for name in tasks:
+        missing = [f"{name}/{s}_idx" for s in SPLIT_NAMES if f"{name}/{s}_idx" not in content]
+        if missing:
+            raise TaskSplitMismatch(f"{path}: task '{name}' has no {', '.join(missing)}")
+        identity = None
+        if f"{name}/n_frames" in content:
+            fingerprint = str(content[f"{name}/fingerprint"]) if f"{name}/fingerprint" in content else ""
+            identity = DatabaseIdentity(
+                path=str(content.get(f"{name}/database", "")),
+                n_frames=int(content[f"{name}/n_frames"]),
+                fingerprint=fingerprint or None,
+            )
+        out[name] = TaskSplit(*(content[f"{name}/{s}_idx"] for s in SPLIT_NAMES), identity=identity)
+    return out
+
+
+def check_saved_split(
+    path: PathLike,
+    name: str,
+    saved: TaskSplit,
+    identity: DatabaseIdentity,
+    counts: Sequence[int],
+) -> None:
+    """Refuse to reuse a saved split that does not fit this run.
+
+    Args:
+        path: the split file (named in the message).
+        name: the task.
+        saved: its saved split.
+        identity: the task's database as this run sees it.
+        counts: ``(n_train, n_val, n_test)`` this run asks for.
+
+    Raises:
+        TaskSplitMismatch: listing every difference and how to start fresh.
+    """
+    differences = []
+    if tuple(saved.counts) != tuple(int(c) for c in counts):
+        have = "/".join(str(c) for c in saved.counts)
+        want = "/".join(str(int(c)) for c in counts)
+        differences.append(f"it has {have} train/val/test frames, this run asks for {want}")
+    if saved.identity is not None:
+        differences += saved.identity.differences(identity)
+    if differences:
+        raise TaskSplitMismatch(
+            f"{path}: the saved split of task '{name}' ({identity.path}) does not match this run: "
+            + "; ".join(differences)
+            + f". To start fresh, delete {path} (a new split is drawn) or use a new run.id; "
+            "to resume the old run, give it its original data options"
+        )
+    if saved.identity is None or saved.identity.fingerprint is None:
+        warnings.warn(
+            f"{path}: an old-format split file (no database fingerprint); task '{name}' is "
+            "reused after checking its counts only",
+            stacklevel=2,
+        )
