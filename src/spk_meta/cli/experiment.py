@@ -14,7 +14,10 @@ def add_parser(sub) -> None:
         help="run the Reptile-vs-baselines comparison on the embedded ethanol data",
         description="Pre-train (none, k=1, Reptile for each k) on the three embedded levels, fine-tune "
         "on N MP2 structures, evaluate on the MP2 test frames at 300/600/900 K; every training "
-        "is an `spktrain` run. Resumes: finished runs are reused.",
+        "is an `spktrain` run. Rerunning resumes: a run is reused only when its spktrain exited 0 "
+        "with the same settings (recorded in runs/<name>/spkmeta_run.json); an interrupted run is "
+        "resumed from its last checkpoint or redone, and the output says which. A failed run stops "
+        "the comparison with its run directory and log.",
     )
     p.add_argument("--preset", choices=["quick", "full"], default="quick")
     p.add_argument("--out", default="experiment", help="output directory (runs, logs, tables, plots)")
@@ -40,7 +43,7 @@ def run(args) -> int:
         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
     )
     root = Path(args.out)
-    runner = Runner(root, preset)
+    runner = Runner(root, preset, log=tqdm.write)
     pre, ft = expand(preset)
     print(f"spkmeta experiment ({args.preset}): {len(pre)} pre-training and {len(ft)} fine-tuning runs in {root.absolute()}")
     start = time.time()

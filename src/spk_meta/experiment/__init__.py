@@ -2,10 +2,11 @@
 no pre-training vs k = 1 vs Reptile, fine-tuned on N MP2 structures, per temperature."""
 
 from spk_meta.experiment.plan import PRESETS, FinetuneRun, Preset, PretrainRun, expand
+from spk_meta.experiment.record import Decision, RunSpec, decide
 from spk_meta.experiment.results import choose_k, markdown, rows_from_runs, summarise, write_results
 from spk_meta.experiment.runner import Runner, RunFailed
 
 __all__ = [
-    "PRESETS", "FinetuneRun", "Preset", "PretrainRun", "RunFailed", "Runner", "choose_k", "expand",
-    "markdown", "rows_from_runs", "summarise", "write_results",
+    "PRESETS", "Decision", "FinetuneRun", "Preset", "PretrainRun", "RunFailed", "RunSpec", "Runner", "choose_k",
+    "decide", "expand", "markdown", "rows_from_runs", "summarise", "write_results",
 ]

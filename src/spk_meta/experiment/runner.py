@@ -1,7 +1,10 @@
 """Run the planned trainings through ``spktrain`` (the code path users use) and evaluate them.
 
-Every run lives in ``<root>/runs/<name>`` and is skipped when its ``best_model`` (training)
-or ``eval.json`` (evaluation) exists, so an interrupted comparison resumes where it stopped.
+Every run lives in ``<root>/runs/<name>`` with its log in ``<root>/logs/<name>.log``. A run
+counts as finished only when ``spktrain`` exited 0 and the runner recorded that in the run's
+``spkmeta_run.json`` (:mod:`spk_meta.experiment.record`) with the same settings as asked now;
+an interrupted run is resumed from SchNetPack's ``checkpoints/last.ckpt`` or redone, and the
+runner says which. Evaluations (``eval.json``) are reused only for the model they measured.
 """
 
 import json
@@ -11,13 +14,14 @@ import subprocess
 import sys
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
 from spk_meta.datasets import ethanol_multilevel
 from spk_meta.evaluate import error_metrics, evaluate, load_model, predict, read_labelled
 from spk_meta.experiment.plan import FinetuneRun, Preset, PretrainRun
+from spk_meta.experiment.record import FINISHED, RunSpec, decide, read_record, write_finished, write_started
 from spk_meta.utils import atomic_path
 
 TEMPERATURES = (300, 600, 900)
@@ -26,7 +30,7 @@ PRETRAIN_BATCHES_PER_EPOCH = 3 * 160 // 16
 
 
 class RunFailed(RuntimeError):
-    """A training run exited non-zero; the message points at its log."""
+    """A training run failed; the message names its run directory and its log."""
 
 
 def spktrain_executable() -> str:
@@ -57,21 +61,73 @@ class Runner:
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / name
 
-    def _spktrain(self, name: str, overrides: List[str]) -> Path:
+    def _spktrain(self, name: str, overrides: List[str], inputs: Optional[Dict[str, str]] = None) -> Path:
+        """Run ``spktrain`` for ``name`` unless a finished run with the same settings exists.
+
+        Args:
+            name: the run id (``run.id``); the run lives in ``runs/<name>``.
+            overrides: the Hydra overrides that define the run (``run.path``/``run.id`` are added).
+            inputs: SHA-256 of the files the run starts from (a pre-trained model), so that a
+                run is redone when its input was retrained.
+
+        Raises:
+            RunFailed: ``spktrain`` exited non-zero or wrote no ``best_model``.
+        """
         run = self.run_dir(name)
-        if (run / "best_model").exists():
+        overrides = [*overrides, "logger=csv", *self.preset.extra]
+        # the record holds paths inside root relative to it: a moved output folder is still reused
+        spec = RunSpec([o.replace(f"{self.root}{os.sep}", "") for o in overrides], dict(inputs or {}))
+        decision = decide(run, spec)
+        if decision.action == "reuse":
             return run
-        args = [spktrain_executable(), *overrides, f"run.path={self.root / 'runs'}", f"run.id={name}",
-                "logger=csv", *self.preset.extra]
+        if decision.action == "redo":
+            self.log(f"{name}: redoing it: {decision.reason}")
+            shutil.rmtree(run)
+        elif decision.action == "resume":
+            self.log(f"{name}: {decision.reason}")
+        args = [spktrain_executable(), *overrides, f"run.path={self.root / 'runs'}", f"run.id={name}"]
+        run.mkdir(parents=True, exist_ok=True)
+        started = write_started(run, spec, args, resumed=decision.action == "resume")
         log_path = self.root / "logs" / f"{name}.log"
         env = {**os.environ, "PWD": str(self.root), "TORCHANI_NO_WARN_EXTENSIONS": "1"}
-        with open(log_path, "w") as fh:
-            fh.write(" ".join(args) + "\n")
+        # a resumed run appends to the log of its first attempt
+        with open(log_path, "a" if decision.action == "resume" else "w") as fh:
+            fh.write(f"# {decision.action}: " + " ".join(args) + "\n")
             fh.flush()
             result = subprocess.run(args, cwd=self.root, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        if result.returncode != 0 or not (run / "best_model").exists():
-            raise RunFailed(f"{name} failed (exit {result.returncode}); see {log_path}")
+        if result.returncode != 0:
+            raise RunFailed(self._failure(name, f"spktrain exited with status {result.returncode}", log_path))
+        if not (run / "best_model").is_file():
+            raise RunFailed(self._failure(name, "spktrain exited 0 but wrote no best_model", log_path))
+        write_finished(run, started, result.returncode)
         return run
+
+    def _failure(self, name: str, what: str, log_path: Path, tail: int = 5) -> str:
+        try:
+            lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+        except OSError:
+            lines = []
+        last = "".join(f"\n    {line}" for line in lines[-tail:])
+        return (f"training run {name} failed: {what}.\n  run directory: {self.run_dir(name)}\n  log: {log_path}"
+                + (f"\n  last lines of the log:{last}" if last else "")
+                + "\n  Rerunning the same command resumes this run from its last checkpoint if it has one, "
+                "else redoes it; delete the run directory to start it over.")
+
+    def finished_model(self, name: str) -> Tuple[Path, str]:
+        """``best_model`` of the finished run ``name`` and its recorded SHA-256.
+
+        Raises:
+            RunFailed: the run has no finished record or no ``best_model``.
+        """
+        run = self.run_dir(name)
+        try:
+            record = read_record(run)
+        except ValueError as err:
+            raise RunFailed(f"training run {name}: {err}") from err
+        model = run / "best_model"
+        if record is None or record["status"] != FINISHED or not model.is_file():
+            raise RunFailed(f"training run {name} has not finished ({run}): train it first")
+        return model, record["best_model_sha256"]
 
     def pretrain(self, run: PretrainRun) -> Path:
         """Every k gets the same budget of inner optimiser steps: ``pretrain_epochs`` passes
@@ -90,19 +146,27 @@ class Runner:
                 f"trainer.max_epochs={self.preset.finetune_epochs}"]
         if run.pretrain is None:
             return self._spktrain(run.name, ["experiment=scratch_ani", f"model={run.architecture}", *data])
-        pretrained = self.run_dir(run.pretrain.name) / "best_model"
-        return self._spktrain(run.name, ["experiment=finetune_ani", f"pretrained={pretrained}", *data])
+        pretrained, digest = self.finished_model(run.pretrain.name)
+        return self._spktrain(run.name, ["experiment=finetune_ani", f"pretrained={pretrained}", *data],
+                              inputs={"pretrained_sha256": digest})
 
     def evaluate(self, run: FinetuneRun) -> Dict:
         """Errors on the MP2 test files per temperature and on the run's validation split."""
+        model_path, model_sha = self.finished_model(run.name)
         out = self.run_dir(run.name) / "eval.json"
         if out.exists():
-            return json.loads(out.read_text())
+            try:
+                result = json.loads(out.read_text())
+            except (OSError, json.JSONDecodeError):
+                result = {}
+            if result.get("best_model_sha256") == model_sha:
+                return result
         data = self.data
-        model = load_model(self.run_dir(run.name) / "best_model")
+        model = load_model(model_path)
         files = {t: data[f"target_mp2_631gs_test_{t}K"].extxyz for t in TEMPERATURES}
         errors = evaluate(model, list(files.values()))
-        result = {"test": {str(t): errors[str(p)] for t, p in files.items()}, "val": self._validation(run, model)}
+        result = {"test": {str(t): errors[str(p)] for t, p in files.items()}, "val": self._validation(run, model),
+                  "best_model_sha256": model_sha}
         with atomic_path(out, overwrite=True) as tmp:
             tmp.write_text(json.dumps(result, indent=1))
         return result

@@ -1,0 +1,271 @@
+"""The experiment runner's bookkeeping: a run is reused only when its spktrain ended with the
+settings asked for now; a killed run is resumed from last.ckpt or redone (and it says which);
+a failing spktrain stops the comparison with its run directory and log.
+
+Most tests drive the runner with a stand-in ``spktrain`` that behaves like SchNetPack's on the
+run directory (config.yaml, checkpoints/last.ckpt, best_model at the first improving epoch,
+CSV test metrics, resuming when config.yaml and last.ckpt exist) and can die at a chosen
+point; one slow test resumes a real ``spktrain`` run.
+"""
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+import spk_meta.experiment.runner as runner_module
+from spk_meta.experiment import FinetuneRun, Preset, PretrainRun, RunFailed, Runner, RunSpec, decide
+from spk_meta.experiment.record import RECORD, read_record, sha256
+
+FAKE_SPKTRAIN = r'''
+import json, os, sys
+from pathlib import Path
+
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+run = Path(args["run.path"]) / args["run.id"]
+run.mkdir(parents=True, exist_ok=True)
+resumed = (run / "config.yaml").exists() and (run / "checkpoints" / "last.ckpt").exists()
+leftovers = sorted(p.name for p in run.iterdir() if p.name != "spkmeta_run.json")
+with open(os.environ["FAKE_SPKTRAIN_CALLS"], "a") as fh:
+    fh.write(json.dumps({"id": args["run.id"], "resumed": resumed, "leftovers": leftovers,
+                         "argv": sys.argv[1:]}) + "\n")
+if resumed:
+    print("Restored all states from the checkpoint at checkpoints/last.ckpt")
+die = os.environ.get("FAKE_SPKTRAIN_DIE", "")
+(run / "config.yaml").write_text("seed: 0\n")
+(run / "task_splits.npz").write_bytes(b"split of this attempt")
+if die == "before_checkpoint":
+    print("Traceback (most recent call last):\nKeyError: 'forces'")
+    sys.exit(1)
+# SchNetPack writes best_model at the first improving epoch, long before training ends
+(run / "best_model").write_text("model after epoch 1 of " + " ".join(sys.argv[1:]))
+(run / "checkpoints").mkdir(exist_ok=True)
+(run / "checkpoints" / "last.ckpt").write_text("epoch 1")
+if die == "after_best_model":
+    sys.exit(137)  # SIGKILL
+(run / "best_model").write_text("trained model of " + " ".join(sys.argv[1:]) + (" (resumed)" if resumed else ""))
+version = len(list((run / "csv").glob("version_*"))) if (run / "csv").exists() else 0
+(run / "csv" / f"version_{version}").mkdir(parents=True)
+(run / "csv" / f"version_{version}" / "metrics.csv").write_text(
+    "epoch,val_loss,test_forces_rmse\n0,0.5,\n0,,0.25\n")
+if die == "no_best_model":
+    (run / "best_model").unlink()
+'''
+
+
+@pytest.fixture
+def fake_spktrain(tmp_path, monkeypatch):
+    """Swap the runner's spktrain for the stand-in; returns a reader of its calls."""
+    script = tmp_path / "fake_spktrain.py"
+    script.write_text(FAKE_SPKTRAIN)
+    exe = tmp_path / "spktrain"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
+    exe.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_SPKTRAIN_CALLS", str(calls))
+    monkeypatch.delenv("FAKE_SPKTRAIN_DIE", raising=False)
+    monkeypatch.setattr(runner_module, "spktrain_executable", lambda: str(exe))
+
+    def read_calls():
+        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+
+    return read_calls
+
+
+def make_runner(root, messages, **preset):
+    return Runner(root, Preset(**preset), log=messages.append)
+
+
+PRE = PretrainRun("ani", 10, 0)
+
+
+def test_killed_run_with_a_best_model_is_resumed_not_reused(tmp_path, fake_spktrain, monkeypatch):
+    messages = []
+    runner = make_runner(tmp_path / "exp", messages)
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "after_best_model")
+    with pytest.raises(RunFailed):
+        runner.pretrain(PRE)
+    run = runner.run_dir(PRE.name)
+    assert (run / "best_model").exists()  # the half-trained model SchNetPack left behind
+    assert decide(run, RunSpec(["anything"])).action == "redo"
+    monkeypatch.delenv("FAKE_SPKTRAIN_DIE")
+    assert runner.pretrain(PRE) == run
+    calls = fake_spktrain()
+    assert len(calls) == 2 and calls[1]["resumed"]  # spktrain ran again and continued from last.ckpt
+    assert messages == [f"{PRE.name}: interrupted; resuming from checkpoints/last.ckpt"]
+    record = read_record(run)
+    assert record["status"] == "finished" and record["exit_status"] == 0 and record["attempts"] == 2
+    assert record["best_model_sha256"] == sha256(run / "best_model")
+    assert "(resumed)" in (run / "best_model").read_text()
+    assert record["test_metrics"] == {"test_forces_rmse": 0.25}
+    assert "task.inner_steps=10" in record["spec"]["overrides"]
+    log = (tmp_path / "exp" / "logs" / f"{PRE.name}.log").read_text()
+    assert log.startswith("# start: ") and "# resume: " in log  # the first attempt's log is kept
+    # finished now: a third call trains nothing
+    runner.pretrain(PRE)
+    assert len(fake_spktrain()) == 2
+
+
+def test_run_killed_before_its_first_checkpoint_is_redone_from_scratch(tmp_path, fake_spktrain, monkeypatch):
+    messages = []
+    runner = make_runner(tmp_path / "exp", messages)
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
+    with pytest.raises(RunFailed):
+        runner.pretrain(PRE)
+    monkeypatch.delenv("FAKE_SPKTRAIN_DIE")
+    runner.pretrain(PRE)
+    first, second = fake_spktrain()
+    assert not second["resumed"]
+    assert second["leftovers"] == []  # the failed start's config and split were removed first
+    assert messages == [f"{PRE.name}: redoing it: interrupted before SchNetPack wrote checkpoints/last.ckpt"]
+    assert read_record(runner.run_dir(PRE.name))["attempts"] == 1
+
+
+def test_finished_run_is_reused_only_with_the_same_settings(tmp_path, fake_spktrain):
+    messages = []
+    root = tmp_path / "exp"
+    make_runner(root, messages, pretrain_epochs=2).pretrain(PRE)
+    make_runner(root, messages, pretrain_epochs=2).pretrain(PRE)
+    assert len(fake_spktrain()) == 1 and messages == []
+    make_runner(root, messages, pretrain_epochs=3).pretrain(PRE)
+    calls = fake_spktrain()
+    assert len(calls) == 2 and not calls[1]["resumed"] and calls[1]["leftovers"] == []
+    assert "+trainer.max_steps=90" in calls[1]["argv"]
+    assert messages == [f"{PRE.name}: redoing it: finished with other settings (overrides asked now "
+                        "['+trainer.max_steps=90'], recorded ['+trainer.max_steps=60'])"]
+
+
+def test_finetuning_is_redone_when_its_pretraining_was_retrained(tmp_path, fake_spktrain):
+    messages = []
+    root = tmp_path / "exp"
+    ft = FinetuneRun("ani", 10, 25, 0)
+    runner = make_runner(root, messages, pretrain_epochs=2)
+    runner.pretrain(PRE)
+    runner.finetune(ft)
+    pre_sha = read_record(runner.run_dir(PRE.name))["best_model_sha256"]
+    assert read_record(runner.run_dir(ft.name))["spec"]["inputs"] == {"pretrained_sha256": pre_sha}
+    # the fine-tuning overrides do not mention the pre-training budget: only the input hash does
+    runner = make_runner(root, messages, pretrain_epochs=3)
+    runner.pretrain(PRE)
+    runner.finetune(ft)
+    assert [c["id"] for c in fake_spktrain()] == [PRE.name, ft.name, PRE.name, ft.name]
+    assert messages[-1].startswith(f"{ft.name}: redoing it: finished with other settings (input pretrained_sha256 ")
+
+
+def test_finetuning_needs_a_finished_pretraining(tmp_path, fake_spktrain, monkeypatch):
+    runner = make_runner(tmp_path / "exp", [])
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "after_best_model")
+    with pytest.raises(RunFailed):
+        runner.pretrain(PRE)
+    with pytest.raises(RunFailed, match=f"training run {PRE.name} has not finished"):
+        runner.finetune(FinetuneRun("ani", 10, 25, 0))
+    assert len(fake_spktrain()) == 1  # the half-trained best_model was not fine-tuned
+
+
+def test_failed_spktrain_names_run_directory_log_and_error(tmp_path, fake_spktrain, monkeypatch):
+    runner = make_runner(tmp_path / "exp", [])
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
+    with pytest.raises(RunFailed) as err:
+        runner.pretrain(PRE)
+    text = str(err.value)
+    assert "spktrain exited with status 1" in text
+    assert f"run directory: {runner.run_dir(PRE.name)}" in text
+    assert f"log: {tmp_path / 'exp' / 'logs' / (PRE.name + '.log')}" in text
+    assert "KeyError: 'forces'" in text
+
+
+def test_spktrain_exiting_0_without_best_model_is_a_failure(tmp_path, fake_spktrain, monkeypatch):
+    runner = make_runner(tmp_path / "exp", [])
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "no_best_model")
+    with pytest.raises(RunFailed, match="spktrain exited 0 but wrote no best_model"):
+        runner.pretrain(PRE)
+    assert read_record(runner.run_dir(PRE.name))["status"] == "started"
+
+
+def test_cli_stops_at_the_first_failed_run(tmp_path, fake_spktrain, monkeypatch, capsys):
+    from spk_meta.cli.experiment import run
+
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
+    args = Namespace(preset="quick", out=str(tmp_path / "exp"), architectures=None, k="1,10", n=None,
+                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
+    assert run(args) == 1
+    err = capsys.readouterr().err
+    assert "spkmeta experiment: error: training run pre_ani_k1_s0 failed" in err
+    assert str(tmp_path / "exp" / "runs" / "pre_ani_k1_s0") in err and "pre_ani_k1_s0.log" in err
+    assert [c["id"] for c in fake_spktrain()] == ["pre_ani_k1_s0"]  # k=10 was not started
+
+
+# -- the decision on hand-made run directories --------------------------------------------
+
+SPEC = RunSpec(["experiment=reptile_ani", "seed=0"])
+
+
+def write_record(run: Path, status: str, overrides=SPEC.overrides, **extra):
+    run.mkdir(parents=True, exist_ok=True)
+    record = {"format": 1, "status": status, "spec": {"overrides": list(overrides), "inputs": {}}, **extra}
+    (run / RECORD).write_text(json.dumps(record))
+
+
+def test_decisions_on_run_directories(tmp_path):
+    assert decide(tmp_path / "absent", SPEC).action == "start"
+    (tmp_path / "empty").mkdir()
+    assert decide(tmp_path / "empty", SPEC).action == "start"
+
+    legacy = tmp_path / "legacy"  # what the runner left before it kept records
+    (legacy / "checkpoints").mkdir(parents=True)
+    for name in ("best_model", "config.yaml", "checkpoints/last.ckpt", "eval.json"):
+        (legacy / name).write_text("x")
+    decision = decide(legacy, SPEC)
+    assert decision.action == "redo" and RECORD in decision.reason
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / RECORD).write_text('{"status": "finis')
+    decision = decide(broken, SPEC)
+    assert decision.action == "redo" and "unreadable run record" in decision.reason
+
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "best_model").write_text("weights")
+    write_record(done, "finished", best_model_sha256=sha256(done / "best_model"))
+    assert decide(done, SPEC).action == "reuse"
+    other = decide(done, RunSpec(["experiment=reptile_ani", "seed=1"]))
+    assert other.action == "redo" and "['seed=1'], recorded ['seed=0']" in other.reason
+    assert decide(done, RunSpec(SPEC.overrides, {"pretrained_sha256": "ab" * 32})).action == "redo"
+    (done / "best_model").write_text("weights, truncated")
+    assert "best_model changed" in decide(done, SPEC).reason
+    (done / "best_model").unlink()
+    assert "best_model is gone" in decide(done, SPEC).reason
+
+    killed = tmp_path / "killed"
+    write_record(killed, "started")
+    (killed / "best_model").write_text("epoch 1")
+    assert decide(killed, SPEC).action == "redo"  # no checkpoint to resume from
+    (killed / "checkpoints").mkdir()
+    (killed / "checkpoints" / "last.ckpt").write_text("epoch 1")
+    (killed / "config.yaml").write_text("seed: 0")
+    assert decide(killed, SPEC).action == "resume"
+    changed = decide(killed, RunSpec(["experiment=reptile_ani", "seed=0", "trainer.max_epochs=5"]))
+    assert changed.action == "redo" and "started with other settings" in changed.reason
+
+
+@pytest.mark.slow
+def test_real_spktrain_run_resumes_from_its_last_checkpoint(tmp_path, cache_root):
+    """A pre-training run whose record says it never ended continues from SchNetPack's last.ckpt."""
+    messages = []
+    tiny = ("model.representation.n_atom_basis=16", "data.num_train=16", "data.num_val=8", "data.num_test=8",
+            "data.batch_size=8")
+    runner = Runner(tmp_path / "exp", Preset(pretrain_epochs=1, extra=tiny), log=messages.append)
+    pre = PretrainRun("schnet", 3, 0)
+    run = runner.pretrain(pre)
+    record = read_record(run)
+    assert record["status"] == "finished" and any(k.startswith("test_") for k in record["test_metrics"])
+    # as if killed after the last checkpoint, before spktrain ended
+    (run / RECORD).write_text(json.dumps({**record, "status": "started"}))
+    runner.pretrain(pre)
+    assert messages == [f"{pre.name}: interrupted; resuming from checkpoints/last.ckpt"]
+    log = (tmp_path / "exp" / "logs" / f"{pre.name}.log").read_text()
+    assert "Restored all states from the checkpoint at checkpoints/last.ckpt" in log
+    assert read_record(run)["status"] == "finished"
