@@ -7,6 +7,7 @@ import pytest
 from conftest import run_cli
 from spk_meta.experiment import FinetuneRun, choose_k, expand, markdown, rows_from_runs, summarise
 from spk_meta.experiment.plan import PRESETS
+from spk_meta.experiment.results import error_vs_k_figure, learning_curves_figure, plot
 
 
 def fake_eval(val, test):
@@ -34,6 +35,42 @@ def test_k_is_chosen_on_validation_never_on_test():
     assert "| ani | none | 25 | 300 | 1.4000 ± 0.5000" in table
 
 
+def _evaluated(ks, seeds, n=(25,)):
+    """Fake evaluations whose errors grow with k, so every variant has a distinct curve."""
+    return [(FinetuneRun("ani", k, nn, seed), fake_eval(0.1 + (k or 0) / 1000, 0.2 + (k or 0) / 1000 + seed / 100))
+            for k in ks for nn in n for seed in seeds]
+
+
+def test_legends_order_k_numerically(tmp_path):
+    import matplotlib.pyplot as plt
+
+    summary = summarise(rows_from_runs(_evaluated([300, 10, None, 100, 1, 30], seeds=(0, 1), n=(25, 100))))
+    fig = learning_curves_figure(summary)
+    labels = fig.axes[0].get_legend().get_texts()
+    assert [t.get_text() for t in labels] == ["none", "k=1 (joint)", "Reptile k=10", "Reptile k=30",
+                                              "Reptile k=100", "Reptile k=300"]
+    # each legend entry labels its own variant's line (the 300 K force RMSE at N = 25)
+    for line, k in zip(fig.axes[0].get_legend_handles_labels()[0], [None, 1, 10, 30, 100, 300]):
+        assert line[0].get_ydata()[0] == pytest.approx(0.2 + (k or 0) / 1000 + 0.005)
+    plt.close(fig)
+    fig = error_vs_k_figure(summary)
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["300 K", "600 K", "900 K"]
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 10, 30, 100, 300]
+    plt.close(fig)
+    paths = plot(summary, tmp_path)
+    assert [p.name for p in paths] == ["learning_curves.png", "error_vs_k.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["error_vs_k.png", "learning_curves.png"]  # no temp files
+
+
+def test_table_with_one_seed_shows_no_spread():
+    one = markdown(summarise(rows_from_runs(_evaluated([None, 1, 10], seeds=(0,)))))
+    assert "±" not in one
+    assert "| ani | Reptile k=10 ← k chosen on validation | 25 | 300 | 0.2100 | 0.2100 | 0.2100 | 0.2100 |" in one
+    two = markdown(summarise(rows_from_runs(_evaluated([None, 1, 10], seeds=(0, 1)))))
+    assert "| ani | none | 25 | 300 | 0.2050 ± 0.0050 |" in two
+
+
 def test_presets_expand_to_every_combination():
     pre, ft = expand(PRESETS["full"])
     assert len(pre) == 2 * 5 * 3  # architectures x k x seeds
@@ -41,6 +78,7 @@ def test_presets_expand_to_every_combination():
     assert {r.variant for r in ft} == {None, 1, 10, 30, 100, 300}
 
 
+@pytest.mark.slow
 def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
     args = ["spkmeta", "experiment", "--k", "1,3", "--n", "10", "--seeds", "0", "--pretrain-epochs", "1",
             "--finetune-epochs", "2", "--out", str(tmp_path / "exp")]
@@ -57,6 +95,8 @@ def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
     second = run_cli(args, cwd=tmp_path)
     assert second.returncode == 0
     assert model.stat().st_mtime == stamp  # reused, not retrained
+    assert "redoing" not in second.stdout and "resuming" not in second.stdout
+    assert not any((out / "runs").glob("*/.*.tmp*"))
     assert (out / "results.md").read_text() == table
     values = [float(x.split("±")[0]) for x in table.split("|") if "±" in x]
     assert all(np.isfinite(values))

@@ -17,6 +17,11 @@ def variant_label(k: Optional[int]) -> str:
     return "none" if k is None else ("k=1 (joint)" if k == 1 else f"Reptile k={k}")
 
 
+def variant_order(k: Optional[int]) -> int:
+    """Sort key of a pre-training variant: none, then k numerically (1, 10, 30, 100, 300)."""
+    return -1 if k is None else k
+
+
 def rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
     """``[(FinetuneRun, eval dict), ...]`` -> one row per run and temperature."""
     rows = []
@@ -50,7 +55,7 @@ def summarise(rows: List[Dict]) -> List[Dict]:
         groups[(r["architecture"], r["k"], r["n"], r["T"])].append(r)
     chosen = choose_k(rows)
     out = []
-    for (arch, k, n, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -1 if kv[0][1] is None else kv[0][1], kv[0][2], kv[0][3])):
+    for (arch, k, n, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], variant_order(kv[0][1]), *kv[0][2:])):
         entry = {"architecture": arch, "pretraining": variant_label(k), "k": k, "n": n, "T": t, "seeds": len(rs),
                  "selected": chosen.get((arch, n)) == k}
         for m in METRICS:
@@ -72,14 +77,22 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
         tmp.write_text(buf.getvalue())
 
 
+def _cell(s: Dict, metric: str) -> str:
+    """``mean ± std`` over seeds; the bare value when there is one seed (no spread to show)."""
+    if s["seeds"] == 1:
+        return f"{s[metric]:.4f}"
+    return f"{s[metric]:.4f} ± {s[metric + '_std']:.4f}"
+
+
 def markdown(summary: List[Dict]) -> str:
+    """The summary as a Markdown table (values are mean ± std over seeds)."""
     lines = [
         "| model | pre-training | N | T (K) | energy RMSE (eV) | energy MAE (eV) | force RMSE (eV/Å) | force MAE (eV/Å) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
-        cells = [f"{s[m]:.4f} ± {s[m + '_std']:.4f}" for m in METRICS]
+        cells = [_cell(s, m) for m in METRICS]
         lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['T']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -102,33 +115,44 @@ def _errorbar(ax, points, label):
     return ax.errorbar(x, mean, yerr=std, marker="o", capsize=3, label=label)
 
 
-def plot(summary: List[Dict], root: Path) -> List[Path]:
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = []
+    return plt
+
+
+def learning_curves_figure(summary: List[Dict]):
+    """Force RMSE vs N, one panel per (architecture, T), one line per pre-training variant
+    (legend: none, then k in numerical order)."""
+    plt = _pyplot()
     archs = sorted({s["architecture"] for s in summary})
     temps = sorted({s["T"] for s in summary})
-    # learning curves: force RMSE vs N, one line per pre-training variant, per T
     fig, axes = plt.subplots(len(archs), len(temps), figsize=(4 * len(temps), 3.2 * len(archs)), squeeze=False)
     for i, arch in enumerate(archs):
+        variants = sorted({s["k"] for s in summary if s["architecture"] == arch}, key=variant_order)
         for j, t in enumerate(temps):
             ax = axes[i][j]
-            for label in sorted({s["pretraining"] for s in summary if s["architecture"] == arch}):
+            for k in variants:
                 _errorbar(ax, [(s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
-                               if s["architecture"] == arch and s["T"] == t and s["pretraining"] == label], label)
+                               if s["architecture"] == arch and s["T"] == t and s["k"] == k], variant_label(k))
             _log_ticks(ax, {s["n"] for s in summary})
             ax.set_xlabel("MP2 training structures N")
             ax.set_ylabel("force RMSE (eV/Å)")
             ax.set_title(f"{arch}, MP2 test {t} K")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(root / "learning_curves.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
-    # error vs k, per N, one line per T; no pre-training as a dashed line
+    return fig
+
+
+def error_vs_k_figure(summary: List[Dict]):
+    """Force RMSE vs k, one panel per (architecture, N), one line per T; no pre-training as
+    a dashed line."""
+    plt = _pyplot()
+    archs = sorted({s["architecture"] for s in summary})
+    temps = sorted({s["T"] for s in summary})
     ns = sorted({s["n"] for s in summary})
     fig, axes = plt.subplots(len(archs), len(ns), figsize=(4 * len(ns), 3.2 * len(archs)), squeeze=False)
     for i, arch in enumerate(archs):
@@ -148,9 +172,19 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
             ax.set_title(f"{arch}, N = {n} (dashed: no pre-training)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    paths.append(root / "error_vs_k.png")
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot(summary: List[Dict], root: Path) -> List[Path]:
+    """``learning_curves.png`` and ``error_vs_k.png`` in ``root``, each written atomically."""
+    plt = _pyplot()
+    paths = []
+    for name, build in (("learning_curves", learning_curves_figure), ("error_vs_k", error_vs_k_figure)):
+        fig = build(summary)
+        paths.append(Path(root) / f"{name}.png")
+        with atomic_path(paths[-1], overwrite=True) as tmp:
+            fig.savefig(tmp, dpi=120)
+        plt.close(fig)
     return paths
 
 
