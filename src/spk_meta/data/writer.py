@@ -5,8 +5,11 @@ all go through :func:`write_database`, so every task database carries the same
 metadata (units, level of theory, source) and passes the same checks.
 """
 
+import os
+import re
+import uuid
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, Optional, Union
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 
 import ase.io
 import numpy as np
@@ -17,13 +20,76 @@ from schnetpack.data import ASEAtomsData
 from tqdm.auto import tqdm
 
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory
-from spk_meta.utils import atomic_path
 
 DEFAULT_UNITS = {spk_props.energy: "eV", spk_props.forces: "eV/Ang"}
+
+#: ``.NAME.PID-XXXXXXXX.tmp.db`` (and SQLite's side files): a database being written by
+#: process PID; the name ``utils.atomic_path`` gives too, so older leftovers match.
+TEMPORARY_NAME = re.compile(r"^\.(?P<stem>.+)\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp\.db(?:-journal|-wal|-shm)?$")
 
 
 class DatabaseWriteError(ValueError):
     """A frame cannot go into a task database; the message names the source and frame."""
+
+
+def temporary_path(database: Path) -> Path:
+    """Where a database is written until it is complete: hidden, next to ``database``
+    (so the final rename stays on one file system), named after this process."""
+    return database.with_name(f".{database.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{database.suffix}")
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` may still be running (this one, or any we cannot rule out)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # someone else's process (or a pid we cannot check): leave its files alone
+    return True
+
+
+def stale_temporary_files(folder: Union[str, Path]) -> List[Path]:
+    """Temporary databases in ``folder`` left by writers that no longer run (killed).
+
+    Only names of the form :data:`TEMPORARY_NAME` count, and only when their process id
+    is not alive: a live writer's file (or one of a reused pid) is never listed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        m = TEMPORARY_NAME.match(p.name)
+        if m and p.is_file() and not pid_alive(int(m["pid"])):
+            out.append(p)
+    return out
+
+
+def _place(tmp: Path, final: Path, overwrite: bool) -> None:
+    """Rename the finished ``tmp`` to ``final``; without ``overwrite`` never replace a file
+    that appeared meanwhile (a hard link fails if ``final`` exists: atomic no-replace)."""
+    if overwrite:
+        os.replace(tmp, final)
+        return
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{final} appeared while this database was being written (another process?); "
+            "it was not replaced and this copy is discarded"
+        ) from None
+    except OSError:  # a file system without hard links: check, then rename
+        if final.exists():
+            raise FileExistsError(
+                f"{final} appeared while this database was being written (another process?); "
+                "it was not replaced and this copy is discarded"
+            ) from None
+        os.replace(tmp, final)
+        return
+    tmp.unlink()
 
 
 def _label(atoms: Atoms, key: str, per_atom: bool) -> Optional[np.ndarray]:
@@ -74,6 +140,9 @@ class DatabaseWriter:
     committed every ``chunk_size`` frames; until ``close()`` everything lives in a
     temporary file next to ``database``, which ``abort()`` (or an exception inside a
     ``with`` block) removes, so no half-written database ever carries the final name.
+    Without ``overwrite`` the final name is checked twice: at construction and at the
+    rename, which never replaces a file another process put there in the meantime.
+    A killed writer leaves its temporary file (see :func:`stale_temporary_files`).
 
     Args:
         database: output path ending in ``.db``.
@@ -84,7 +153,8 @@ class DatabaseWriter:
         units: units of the labels as given (default eV and eV/Ang); SchNetPack converts
             on load.
         metadata: extra JSON-serialisable metadata.
-        overwrite: replace an existing database (checked before anything is written).
+        overwrite: replace an existing database; otherwise ``FileExistsError`` before
+            anything is written, or at ``close()`` if the file appeared meanwhile.
         chunk_size: frames per SQLite transaction.
     """
 
@@ -116,8 +186,12 @@ class DatabaseWriter:
         self.n_frames = 0
         self.elements: set = set()
         self.energy_range = [np.inf, -np.inf]
-        self._atomic = atomic_path(self.database, overwrite=overwrite)
-        self._tmp = self._atomic.__enter__()
+        self.overwrite = overwrite
+        self.database = self.database.absolute()
+        if self.database.exists() and not overwrite:
+            raise FileExistsError(f"{self.database} already exists (pass overwrite=True to replace it)")
+        self.database.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp: Optional[Path] = temporary_path(self.database)
         self._conn = None
         try:
             ASEAtomsData.create(str(self._tmp), distance_unit="Ang", property_unit_dict=units)
@@ -186,9 +260,13 @@ class DatabaseWriter:
             md["n_frames"] = self.n_frames
             md["elements"] = sorted(self.elements)
             conn.metadata = md
-        self._atomic.__exit__(None, None, None)
+        try:
+            _place(self._tmp, self.database, self.overwrite)
+        except BaseException:
+            self.abort()
+            raise
         self._tmp = None
-        return self.database.absolute()
+        return self.database
 
     def abort(self) -> None:
         """Drop everything written so far."""
@@ -198,10 +276,8 @@ class DatabaseWriter:
             finally:
                 self._conn = None
         if self._tmp is not None:
-            try:
-                self._atomic.__exit__(DatabaseWriteError, DatabaseWriteError("aborted"), None)
-            except DatabaseWriteError:
-                pass
+            for p in (self._tmp, self._tmp.with_name(self._tmp.name + "-journal")):
+                p.unlink(missing_ok=True)
             self._tmp = None
 
 
