@@ -58,7 +58,7 @@ def test_ani1x_levels_units_and_nan_per_property(ani1x_file, tmp_path):
     path, truth = ani1x_file
     out = tmp_path / "out"
     summary = convert("ani1x", path, out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["ccsd-t_cbs.db", "wb97x_dz.db", "wb97x_tz.db"]
+    assert sorted(p.name for p in out.iterdir()) == ["ccsd-t_cbs.db", "convert_manifest.json", "wb97x_dz.db", "wb97x_tz.db"]
     assert summary.levels["wb97x_dz"].written == 7
     assert summary.levels["wb97x_tz"].written == 6 and summary.levels["wb97x_tz"].skipped["no energy (NaN)"] == 1
     assert summary.levels["ccsd(t)_cbs"].written == 4  # the first conformer of each formula is NaN

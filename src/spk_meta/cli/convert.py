@@ -1,6 +1,8 @@
 """``spkmeta convert FORMAT INPUT OUTDIR``: a published dataset -> one database per level."""
 
 import argparse
+import math
+import shlex
 import sys
 
 EPILOG = """examples:
@@ -8,7 +10,37 @@ EPILOG = """examples:
   spkmeta convert rmd17 rmd17/npz_data/rmd17_ethanol.npz data/
   spkmeta convert ase frames.extxyz data/ --level "wB97X/6-31g*"
 Outputs are named by the level-of-theory slug (wb97x_dz.db, ccsd-t_cbs.db, ...); energies
-in eV, forces in eV/Ang, positions in Ang, the level of theory in the metadata."""
+in eV, forces in eV/Ang, positions in Ang, the level of theory in the metadata.
+OUTDIR/convert_manifest.json lists the databases (level, frames, source, options);
+with --overwrite, OUTDIR holds exactly this run's databases afterwards. One conversion
+at a time per OUTDIR (a lock); a killed one's temporary files go on the next run."""
+
+
+def whole_number(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum`` (counts must not be 0 or negative)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, got {value}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type``: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
 
 
 def add_parser(sub) -> None:
@@ -28,15 +60,30 @@ def add_parser(sub) -> None:
     p.add_argument("--level", help="level-of-theory name, METHOD/BASIS (required for anidataset; names ase input)")
     p.add_argument("--only", help="comma-separated level keys of a multi-level source (ani1x: wb97x_dz,...)")
     p.add_argument("--elements", help="keep structures made only of these elements, e.g. H,C,N,O")
-    p.add_argument("--max-frames", type=int, help="convert at most this many structures")
-    p.add_argument("--seed", type=int, help="with --max-frames: a random subset drawn with this seed")
-    p.add_argument("--max-force", type=float, help="drop frames with an atomic force above this (eV/Ang)")
-    p.add_argument("--energy-cut", type=float, help="drop frames further than this (eV/atom) from their level's median energy per atom")
+    p.add_argument("--max-frames", type=whole_number(1), metavar="N", help="convert at most this many structures (N >= 1)")
+    p.add_argument("--seed", type=whole_number(0), help="with --max-frames: a random subset drawn with this seed (>= 0)")
+    p.add_argument("--max-force", type=positive_number, help="drop frames with an atomic force above this (eV/Ang)")
+    p.add_argument("--energy-cut", type=positive_number, help="drop frames further than this (eV/atom) from their level's median energy per atom")
     p.add_argument("--energy-unit", default="eV", help="ase format: unit of the energies in the file")
     p.add_argument("--distance-unit", default="Ang", help="ase format: unit of the positions in the file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing databases")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing databases; afterwards OUTDIR holds only this run's databases "
+                        "(earlier converted ones are removed, other files kept and named)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+
+
+def command_line(args) -> str:
+    """The canonical ``spkmeta convert ...`` line for ``args`` (recorded in the manifest)."""
+    words = ["spkmeta", "convert", args.format, args.input, args.outdir]
+    for name in ("level", "only", "elements", "max_frames", "seed", "max_force", "energy_cut"):
+        value = getattr(args, name)
+        if value is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    if args.format == "ase":
+        words += ["--energy-unit", args.energy_unit, "--distance-unit", args.distance_unit]
+    words += ["--overwrite"] if args.overwrite else []
+    return shlex.join(words)
 
 
 def run(args) -> int:
@@ -51,7 +98,7 @@ def run(args) -> int:
             only=args.only.split(",") if args.only else None, elements=args.elements,
             max_frames=args.max_frames, seed=args.seed, max_force=args.max_force,
             energy_cut=args.energy_cut, overwrite=args.overwrite, progress=not args.no_progress,
-            **extra,
+            command=command_line(args), **extra,
         )
     except (ConversionError, FileExistsError) as err:
         print(f"spkmeta convert: error: {err}", file=sys.stderr)

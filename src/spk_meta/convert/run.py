@@ -1,10 +1,11 @@
 """``convert()``: a source layout -> one SchNetPack database per level of theory."""
 
 import contextlib
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Type
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Type
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
@@ -13,6 +14,8 @@ from tqdm.auto import tqdm
 from spk_meta.convert.ani import ANI1xReader, ANIDatasetReader
 from spk_meta.convert.ase_files import ASEReader
 from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame
+from spk_meta.convert.outdir import OutputFolder, check_outdir
+from spk_meta.convert.outliers import EnergyOutliers, OutlierReport
 from spk_meta.convert.qm7x import QM7XReader
 from spk_meta.convert.rmd17 import RMD17Reader
 from spk_meta.convert.spice import SpiceReader
@@ -36,6 +39,8 @@ class LevelSummary:
     energy_min: float = np.inf
     energy_max: float = -np.inf
     has_forces: bool = True
+    #: energies far outside the level's distribution (written, but worth a look)
+    outliers: Optional[OutlierReport] = None
 
     def lines(self) -> List[str]:
         out = [f"{self.level}: {self.written} frames -> {self.database or 'nothing written'}"]
@@ -47,6 +52,8 @@ class LevelSummary:
             )
         for reason, n in sorted(self.skipped.items()):
             out.append(f"  skipped {n}: {reason}")
+        if self.outliers is not None:
+            out.append(self.outliers.line(Path(self.database).name if self.database else self.level))
         return out
 
 
@@ -57,6 +64,14 @@ class ConversionSummary:
     frames_read: int
     levels: Dict[str, LevelSummary]
     skipped: Counter
+    #: ``OUTDIR/convert_manifest.json``, listing every database in the folder
+    manifest: Optional[Path] = None
+    #: databases of earlier conversions removed (``overwrite``: the folder holds this run's)
+    removed: List[str] = field(default_factory=list)
+    #: temporary files of killed conversions removed
+    removed_temporaries: List[str] = field(default_factory=list)
+    #: ``.db`` files in OUTDIR that spk-meta did not write, left alone (``overwrite``)
+    kept: List[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         lines = [f"{self.format}: {self.source}: {self.frames_read} structures read"]
@@ -64,6 +79,14 @@ class ConversionSummary:
             lines.append(f"  skipped {n} structures: {reason}")
         for s in self.levels.values():
             lines += s.lines()
+        if self.removed_temporaries:
+            lines.append(f"removed temporary files of an interrupted conversion: {', '.join(self.removed_temporaries)}")
+        if self.removed:
+            lines.append(f"removed (earlier output this run did not write, --overwrite): {', '.join(self.removed)}")
+        if self.kept:
+            lines.append(f"kept (not written by spkmeta convert; remove by hand if unwanted): {', '.join(self.kept)}")
+        if self.manifest is not None:
+            lines.append(f"manifest: {self.manifest}")
         lines.append("units: Ang, eV, eV/Ang")
         return "\n".join(lines)
 
@@ -83,6 +106,20 @@ def parse_elements(elements: Optional[Iterable]) -> Optional[Set[int]]:
         else:
             raise ConversionError(f"--elements: unknown element '{e}'")
     return out
+
+
+def _check_count(name: str, value: Any, minimum: int) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ConversionError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def _check_positive(name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
+        raise ConversionError(f"{name} must be a positive number, got {value!r}")
 
 
 def _max_force(forces: np.ndarray) -> float:
@@ -114,6 +151,7 @@ def convert(
     overwrite: bool = False,
     progress: bool = True,
     chunk_size: int = 1000,
+    command: Optional[str] = None,
     **reader_options,
 ) -> ConversionSummary:
     """Convert ``source`` (layout ``format``) into ``OUTDIR/<level slug>.db`` databases.
@@ -131,21 +169,76 @@ def convert(
         max_force: drop frames whose largest atomic force exceeds this (eV/Ang).
         energy_cut: drop frames whose energy per atom is further than this (eV/atom)
             from the median of their level (costs one extra pass over the source).
-        overwrite: replace existing databases; otherwise existing ones are refused
-            before anything is written.
+        overwrite: make OUTDIR hold exactly this run's databases: existing ones of the
+            same name are replaced and earlier converted databases this run did not write
+            are removed (see :mod:`spk_meta.convert.outdir`); otherwise existing databases
+            are refused before anything is written, and never replaced at the final rename.
+        command: the command line, recorded in the manifest.
 
     Returns:
         a :class:`ConversionSummary` (``str()`` gives the report ``spkmeta convert`` prints).
-        A structure without a value for one level (NaN) is skipped for that level only.
-        Databases appear only when the whole conversion succeeded.
+        A structure without a value for one level (NaN or inf) is skipped for that level
+        only. Databases appear only when the whole conversion succeeded; then
+        ``OUTDIR/convert_manifest.json`` lists them. One conversion at a time writes into
+        OUTDIR (a second one fails at once, naming the first one's pid).
     """
+    _check_count("max_frames", max_frames, 1)
+    _check_count("seed", seed, 0)
+    _check_count("chunk_size", chunk_size, 1)
+    _check_positive("max_force", max_force)
+    _check_positive("energy_cut", energy_cut)
     if format not in READERS:
         raise ConversionError(f"unknown format '{format}'; choose one of: {', '.join(READERS)}")
+    outdir = check_outdir(outdir)
     reader = READERS[format](source, level=level, only=only, **reader_options)
     specs = reader.levels()
     keep_elements = parse_elements(elements)
-    outdir = Path(outdir)
     targets = {k: outdir / f"{spec.level.slug}.db" for k, spec in specs.items()}
+    options = {
+        "level": level, "only": list(only) if only else None,
+        "elements": sorted(chemical_symbols[z] for z in keep_elements) if keep_elements else None,
+        "max_frames": max_frames, "seed": seed, "max_force": max_force, "energy_cut": energy_cut,
+        "overwrite": overwrite, **{k: str(v) for k, v in reader_options.items()},
+    }
+    with OutputFolder(outdir) as folder:
+        levels, skipped, n_read = _convert_locked(
+            reader, specs, targets, format, source, keep_elements, max_frames, seed, max_force,
+            energy_cut, overwrite, progress, chunk_size,
+        )
+        written = {
+            Path(s.database).name: {
+                "level": s.level, "level_key": k, "frames": s.written, "has_forces": s.has_forces,
+                "elements": [chemical_symbols[z] for z in sorted(s.elements)],
+                "energy_range_eV": [s.energy_min, s.energy_max],
+                "energy_outliers": s.outliers.count if s.outliers else 0,
+                "source": str(Path(source).absolute()), "format": format, "options": options,
+                "command": command, "spk_meta_version": _version(),
+            }
+            for k, s in levels.items() if s.database is not None
+        }
+        run = {
+            "command": command, "source": str(Path(source).absolute()), "format": format, "options": options,
+            "written": sorted(written),
+            "nothing_written": [s.level for s in levels.values() if s.database is None],
+        }
+        removed, kept = folder.commit(written, overwrite, run)
+        return ConversionSummary(
+            Path(source), format, n_read, levels, skipped, manifest=folder.manifest_path,
+            removed=removed, removed_temporaries=folder.removed_temporaries, kept=kept,
+        )
+
+
+def _version() -> str:
+    from spk_meta import __version__
+
+    return __version__
+
+
+def _convert_locked(
+    reader, specs, targets, format, source, keep_elements, max_frames, seed, max_force, energy_cut,
+    overwrite, progress, chunk_size,
+):
+    """The conversion proper, with OUTDIR locked: -> (level summaries, skipped, frames read)."""
     if not overwrite:
         existing = [str(p) for p in targets.values() if p.exists()]
         if existing:
@@ -159,8 +252,10 @@ def convert(
             selected = set(np.random.default_rng(seed).choice(total, size=max_frames, replace=False).tolist())
     windows = _energy_windows(reader, list(specs), energy_cut) if energy_cut is not None else {}
     summaries = {k: LevelSummary(spec.level.name, None, has_forces=spec.has_forces) for k, spec in specs.items()}
+    outliers = {k: EnergyOutliers() for k in specs}
     skipped: Counter = Counter()
     n_read = 0
+    placed: List[Path] = []
     with contextlib.ExitStack() as stack:
         writers = {
             k: stack.enter_context(
@@ -185,28 +280,42 @@ def convert(
                 if extra:
                     skipped["element(s) " + " ".join(chemical_symbols[z] for z in sorted(extra)) + " not in --elements"] += 1
                     continue
-            _write_levels(frame, specs, writers, summaries, max_force, windows)
+            _write_levels(frame, specs, writers, summaries, max_force, windows, outliers)
         bar.close()
-        for k, w in writers.items():
-            # close inside the stack: an exception above aborts every database instead
-            summaries[k].database = w.close()
-    return ConversionSummary(Path(source), format, n_read, summaries, skipped)
+        try:
+            for k, w in writers.items():
+                # close inside the stack: an exception above aborts every database instead
+                summaries[k].database = w.close()
+                if summaries[k].database is not None:
+                    placed.append(summaries[k].database)
+        except BaseException:
+            if not overwrite:  # all or nothing: these names were free, so they are ours
+                for p in placed:
+                    p.unlink(missing_ok=True)
+            raise
+    for k, s in summaries.items():
+        if s.database is not None:
+            s.outliers = outliers[k].report()
+    return summaries, skipped, n_read
 
 
-def _write_levels(frame: SourceFrame, specs, writers, summaries, max_force, windows) -> None:
+def _write_levels(frame: SourceFrame, specs, writers, summaries, max_force, windows, outliers) -> None:
     for k, (energy, forces) in frame.labels.items():
         if k not in specs:
             continue
         s = summaries[k]
-        if not np.isfinite(energy):
+        if np.isnan(energy):
             s.skipped["no energy (NaN)"] += 1
+            continue
+        if not np.isfinite(energy):
+            s.skipped["non-finite energy (inf)"] += 1
             continue
         if specs[k].has_forces:
             if forces is None:
                 s.skipped["no forces"] += 1
                 continue
             if not np.isfinite(forces).all():
-                s.skipped["forces NaN"] += 1
+                s.skipped["forces NaN" if np.isnan(forces).any() else "non-finite forces (inf)"] += 1
                 continue
             if max_force is not None and _max_force(forces) > max_force:
                 s.skipped[f"force above --max-force {max_force:g} eV/Ang"] += 1
@@ -218,6 +327,7 @@ def _write_levels(frame: SourceFrame, specs, writers, summaries, max_force, wind
                 continue
         writers[k].add(frame.numbers, frame.positions, energy, forces if specs[k].has_forces else None,
                        cell=frame.cell, pbc=frame.pbc)
+        outliers[k].add(frame.numbers, energy)
         s.written += 1
         s.elements.update(int(z) for z in frame.numbers)
         s.energy_min, s.energy_max = min(s.energy_min, energy), max(s.energy_max, energy)

@@ -1,0 +1,207 @@
+"""The converter's output folder: one writer at a time, no leftovers, a manifest.
+
+:class:`OutputFolder` is what ``spkmeta convert`` holds while it writes into OUTDIR:
+
+* a lock (``fcntl.flock`` on ``OUTDIR/.spkmeta-convert.lock``, which holds the owner's
+  pid and is removed on release): a second conversion into the same folder fails at once
+  with a message naming the folder and that pid;
+* under the lock, temporary databases of killed conversions (``.NAME.PID-XXXXXXXX.tmp.db``
+  whose PID no longer runs) are removed;
+* after a successful run, :meth:`OutputFolder.commit` writes ``convert_manifest.json``
+  (atomically) listing every database in the folder with its level, frame count, source,
+  options, command and spk-meta version. With ``overwrite`` the folder is made to hold
+  exactly what this run wrote: databases of earlier conversions that this run did not
+  write are removed, but only if they are ours (listed unchanged in the previous manifest,
+  or a database whose metadata says ``spkmeta convert`` wrote it); any other file is kept
+  and named in the summary. Without ``overwrite`` nothing is removed and the manifest
+  keeps the earlier entries whose files are still there.
+"""
+
+import datetime
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from spk_meta.convert.base import ConversionError, PathLike
+from spk_meta.data.writer import pid_alive, stale_temporary_files
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (documented)
+    fcntl = None
+
+LOCK_NAME = ".spkmeta-convert.lock"
+MANIFEST_NAME = "convert_manifest.json"
+MANIFEST_VERSION = 1
+
+
+def check_outdir(outdir: PathLike) -> Path:
+    """``outdir`` as an absolute path; a :class:`ConversionError` if it (or the first
+    existing folder above it) is a file."""
+    outdir = Path(outdir).absolute()
+    if outdir.exists() and not outdir.is_dir():
+        raise ConversionError(f"OUTDIR is a file, not a folder: {outdir}")
+    for parent in outdir.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConversionError(f"OUTDIR {outdir} cannot be created: {parent} is a file, not a folder")
+            break
+    return outdir
+
+
+def _is_converted_database(path: Path) -> bool:
+    """True if ``path`` is an ASE database whose metadata says ``spkmeta convert`` wrote it."""
+    from ase.db import connect
+
+    try:
+        with connect(str(path), type="db", use_lock_file=False) as conn:
+            return "converted_from" in conn.metadata
+    except Exception:
+        return False
+
+
+class OutputFolder:
+    """The lock, the clean-up and the manifest of one conversion into ``path``.
+
+    Use as a context manager around the whole conversion; the lock is held until exit.
+    """
+
+    def __init__(self, path: PathLike):
+        self.path = check_outdir(path)
+        self.lock_path = self.path / LOCK_NAME
+        self.manifest_path = self.path / MANIFEST_NAME
+        self._fd: Optional[int] = None
+        #: temporary files of killed conversions removed on entry
+        self.removed_temporaries: List[str] = []
+
+    # -- the lock --------------------------------------------------------------------------
+
+    def __enter__(self) -> "OutputFolder":
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock()
+        try:
+            stale = stale_temporary_files(self.path)
+            for p in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
+                pid = p.name[len(MANIFEST_NAME) + 2 : -len(".tmp")]
+                if pid.isdigit() and not pid_alive(int(pid)):
+                    stale.append(p)
+            for p in stale:
+                p.unlink(missing_ok=True)
+                self.removed_temporaries.append(p.name)
+        except BaseException:
+            self._unlock()
+            raise
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._unlock()
+
+    def _lock(self) -> None:
+        if fcntl is None:
+            return
+        while True:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                os.close(fd)
+                raise ConversionError(
+                    f"{self.path}: another spkmeta convert (pid {holder}) is writing into this folder; "
+                    "wait for it to finish or choose another OUTDIR"
+                ) from None
+            # the holder before us may have removed the file after we opened it: the lock
+            # counts only if our descriptor is still the file under that name
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.lock_path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _unlock(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.lock_path.unlink(missing_ok=True)  # still holding the lock: see _lock
+        finally:
+            os.close(self._fd)
+            self._fd = None
+
+    # -- manifest and stale outputs --------------------------------------------------------
+
+    def previous_manifest(self) -> Dict[str, Any]:
+        """The manifest an earlier conversion left (``{}`` if none or unreadable)."""
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
+
+    def _stale_outputs(self, written: Dict[str, Dict], previous: Dict[str, Any]) -> Tuple[List[Path], List[str]]:
+        """With ``overwrite``: our databases this run did not write (to remove), and the
+        other ``.db`` files (kept, named)."""
+        listed = previous.get("files", {})
+        remove, kept = [], []
+        candidates = {p.name for p in self.path.glob("*.db")} | set(listed)
+        for name in sorted(candidates - set(written)):
+            p = self.path / name
+            if not p.is_file() or Path(name).name != name:
+                continue
+            entry = listed.get(name)
+            unchanged = isinstance(entry, dict) and entry.get("size_bytes") == p.stat().st_size
+            if unchanged or (p.suffix == ".db" and _is_converted_database(p)):
+                remove.append(p)
+            else:
+                kept.append(name)
+        return remove, kept
+
+    def commit(self, written: Dict[str, Dict], overwrite: bool, run: Dict[str, Any]) -> Tuple[List[str], List[str]]:
+        """After a successful conversion: remove stale outputs (``overwrite`` only) and
+        write the manifest.
+
+        Args:
+            written: ``{file name: entry}`` for every database this run wrote (the entry:
+                level, frames, ...; ``size_bytes`` is added here).
+            overwrite: whether the run was asked to replace the folder's databases.
+            run: what the run was (command, options, ...), stored as ``last_run``.
+
+        Returns:
+            the names removed and the names of other ``.db`` files kept.
+        """
+        previous = self.previous_manifest()
+        removed: List[str] = []
+        kept: List[str] = []
+        files: Dict[str, Dict] = {}
+        if overwrite:
+            stale, kept = self._stale_outputs(written, previous)
+            for p in stale:
+                p.unlink(missing_ok=True)
+                removed.append(p.name)
+        else:
+            files = {name: e for name, e in previous.get("files", {}).items() if (self.path / name).is_file()}
+        for name, entry in written.items():
+            files[name] = {**entry, "size_bytes": (self.path / name).stat().st_size}
+        from spk_meta import __version__
+
+        manifest = {
+            "manifest_version": MANIFEST_VERSION,
+            "written_by": "spkmeta convert",
+            "spk_meta_version": __version__,
+            "updated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "files": dict(sorted(files.items())),
+            "last_run": {**run, "removed": removed, "removed_temporaries": self.removed_temporaries,
+                         "kept_other_files": kept},
+        }
+        tmp = self.manifest_path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+            os.replace(tmp, self.manifest_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return removed, kept
