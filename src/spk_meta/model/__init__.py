@@ -1,9 +1,12 @@
-"""Model-side helpers: checks against the data, loading pre-trained models."""
+"""Model-side helpers: pre-flight checks against the data, loading pre-trained models."""
 
 from spk_meta.model.compat import (
     ModelDataMismatch,
     check_model_against_data,
+    data_labels,
     dataset_elements,
+    derivative_outputs,
+    drop_unlabelled_outputs,
     model_elements,
     neighbor_list_cutoff,
     warn_untrained_elements,
@@ -13,7 +16,10 @@ from spk_meta.model.pretrained import frozen_parameters, load_pretrained
 __all__ = [
     "ModelDataMismatch",
     "check_model_against_data",
+    "data_labels",
     "dataset_elements",
+    "derivative_outputs",
+    "drop_unlabelled_outputs",
     "model_elements",
     "neighbor_list_cutoff",
     "warn_untrained_elements",

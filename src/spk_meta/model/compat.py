@@ -1,16 +1,20 @@
 """Catch model/data mismatches before training starts, with messages that name the culprit.
 
-Two checks: the data's neighbour-list cutoff must reach the model's radial cutoff (else
-the representation silently sees truncated environments), and every element in the data
-must have a network in the model (an element-wise model has no weights for the others).
+Three checks: the data's neighbour-list cutoff must reach the model's radial cutoff (else
+the representation silently sees truncated environments), every element in the data
+must have a network in the model (an element-wise model has no weights for the others),
+and every property in the task's loss must be labelled in the data (energy-only data
+trains on energies: the loss on forces is dropped, with a warning).
 """
 
 import warnings
-from typing import Iterable, Optional, Set
+from typing import Iterable, List, Optional, Set
 
 import torch
 from ase.data import chemical_symbols
 from ase.db import connect
+from schnetpack.atomistic import Forces, Response
+from schnetpack.task import UnsupervisedModelOutput
 from schnetpack.transform import AddOffsets
 from schnetpack.transform.neighborlist import NeighborListTransform
 
@@ -19,13 +23,27 @@ class ModelDataMismatch(ValueError):
     """The model cannot be trained on this data as configured."""
 
 
+def _scalar(value) -> Optional[float]:
+    """``value`` as a float if it is a number or a one-element tensor (a cutoff buffer)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        # a float32 buffer holds 5.2 as 5.19999981; cutoffs are never finer than 1e-6 Ang
+        return round(float(value), 6)
+    return None
+
+
 def model_cutoff(model: torch.nn.Module) -> Optional[float]:
-    """The largest ``cutoff`` (Ang) declared by a module of the model, if any declares one."""
-    cutoffs = [float(m.cutoff) for m in model.modules() if isinstance(getattr(m, "cutoff", None), (int, float))]
+    """The largest ``cutoff`` (Ang) declared by a module of the model, if any declares one.
+
+    A cutoff is a number or a one-element tensor buffer (SchNetPack's representations and
+    :class:`~spk_meta.representation.ANI` keep it as a buffer).
+    """
+    cutoffs = [c for m in model.modules() if (c := _scalar(getattr(m, "cutoff", None))) is not None]
     cutoffs += [
-        float(m.cutoff_fn.cutoff)
+        c
         for m in model.modules()
-        if hasattr(getattr(m, "cutoff_fn", None), "cutoff")
+        if (c := _scalar(getattr(getattr(m, "cutoff_fn", None), "cutoff", None))) is not None
     ]
     return max(cutoffs) if cutoffs else None
 
@@ -154,3 +172,95 @@ def restore_fitted_references(model: torch.nn.Module, datamodule) -> int:
             pp.add_atomrefs = True
             changed += 1
     return changed
+
+
+def data_labels(datamodule) -> Optional[Set[str]]:
+    """Properties labelled in at least one of the data module's databases.
+
+    A :class:`~spk_meta.data.TaskDataModule` serves the energy of every task and forces
+    of the tasks that have them; a SchNetPack ``AtomsDataModule`` serves its dataset's
+    ``load_properties`` (all available properties unless restricted). ``None`` when the
+    data module is neither (then nothing is checked).
+    """
+    if getattr(datamodule, "dataset", None) is None:
+        return None  # not set up (yet)
+    has_forces = getattr(datamodule, "task_has_forces", None)
+    if callable(has_forces):
+        labels = {datamodule.energy_key}
+        if datamodule.forces_key and any(has_forces(n) for n in datamodule.task_names):
+            labels.add(datamodule.forces_key)
+        return labels
+    dataset = getattr(datamodule, "dataset", None)
+    dataset = getattr(dataset, "dataset", dataset)  # a torch Subset of an ASEAtomsData
+    properties = getattr(dataset, "load_properties", None)
+    return None if properties is None else set(properties)
+
+
+def _data_description(datamodule) -> str:
+    """The databases of a data module, for messages (without reading any rows)."""
+    task_elements = getattr(datamodule, "task_elements", None)
+    if callable(task_elements):
+        return ", ".join(f"task '{n}' ({path})" for n, (path, _) in task_elements().items())
+    dataset = getattr(datamodule, "dataset", None)
+    return str(getattr(getattr(dataset, "dataset", dataset), "datapath", "the data"))
+
+
+def derivative_outputs(model: torch.nn.Module) -> Set[str]:
+    """Properties the model computes by differentiating its energy (SchNetPack's
+    ``Forces``/``Response`` modules: forces, stress, ...). They stay predicted when
+    the data has no labels for them; only their loss is dropped."""
+    return {
+        key
+        for m in model.modules()
+        if isinstance(m, (Forces, Response))
+        for key in m.model_outputs
+    }
+
+
+def drop_unlabelled_outputs(task, datamodule) -> List[str]:
+    """Train on what the data has: drop loss terms for derivative outputs nobody labelled.
+
+    Energy-only data (e.g. the CCSD(T)/CBS database ``spkmeta convert ani1x`` writes) with
+    a task whose loss includes forces: the ``ModelOutput`` for forces is removed from
+    ``task.outputs`` (one warning naming the database), so the model trains on energies;
+    its ``Forces`` module stays, and the trained model still predicts forces. With several
+    tasks, an output is dropped only if no task has its labels (Reptile skips the loss
+    per batch for tasks without them). Idempotent: a second call drops nothing.
+
+    Args:
+        task: a SchNetPack ``AtomisticTask`` (``task.outputs``, ``task.model``).
+        datamodule: its data module, after ``setup()``; ``None`` checks nothing.
+
+    Returns:
+        the target properties whose loss was dropped.
+
+    Raises:
+        ModelDataMismatch: if the loss needs a property the data lacks that the model
+            does not derive from its energy (e.g. the energy itself), naming it.
+    """
+    labels = data_labels(datamodule) if datamodule is not None else None
+    if labels is None:
+        return []
+    derived = derivative_outputs(task.model)
+    keep, dropped = [], []
+    for output in task.outputs:
+        target = output.target_property
+        if isinstance(output, UnsupervisedModelOutput) or target in labels:
+            keep.append(output)
+        elif target in derived:
+            dropped.append(target)
+        else:
+            raise ModelDataMismatch(
+                f"the task's loss needs '{target}', but {_data_description(datamodule)} has "
+                f"no '{target}' labels (it has: {', '.join(sorted(labels)) or 'none'}); "
+                f"remove the '{output.name}' output from task.outputs or use labelled data"
+            )
+    if dropped:
+        warnings.warn(
+            f"{_data_description(datamodule)} has no {', '.join(repr(d) for d in dropped)} "
+            f"labels: training on {', '.join(sorted(labels))} only (the model still "
+            f"predicts {', '.join(dropped)}, from the gradient of its energy)",
+            stacklevel=2,
+        )
+        task.outputs = torch.nn.ModuleList(keep)
+    return dropped

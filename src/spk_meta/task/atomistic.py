@@ -1,17 +1,22 @@
-"""SchNetPack's ``AtomisticTask``, able to reload the run's own checkpoints under torch >= 2.6."""
+"""SchNetPack's ``AtomisticTask``, able to reload its checkpoints under torch >= 2.6 without
+running code from them."""
 
+import os
 from typing import Any, Optional
 
 import schnetpack as spk
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from spk_meta.model.compat import (
     check_model_against_data,
     data_elements,
+    drop_unlabelled_outputs,
     restore_fitted_references,
     warn_untrained_elements,
 )
-from spk_meta.train.checkpoint import RunCheckpointIO, trusted_weights_only
+from spk_meta.model.loading import file_safe_globals
+from spk_meta.train.checkpoint import TRUST_HINT, RunCheckpointIO
 
 
 class AtomisticTask(spk.task.AtomisticTask):
@@ -19,16 +24,19 @@ class AtomisticTask(spk.task.AtomisticTask):
 
     Additions:
 
-    - ``load_from_checkpoint``: a checkpoint this run wrote (see
-      :mod:`spk_meta.train.checkpoint`) loads with ``weights_only=False``, which SchNetPack's
-      hyperparameters (the model itself) need; others keep torch's safe default.
-      ``spktrain`` calls this for its best checkpoint after training. A trainer without
-      :class:`~spk_meta.train.RunCheckpointIO` (SchNetPack's stock trainer config) gets
-      one at ``setup``, trusting only its checkpoint callback's directory.
+    - ``load_from_checkpoint``: loads weights-only with the allow-list of
+      :mod:`spk_meta.model.loading` (SchNetPack's hyperparameters hold the model itself, so
+      torch's bare weights-only load fails); a file that names anything else is refused
+      unless the caller passes ``weights_only=False``. ``spktrain`` calls this for its best
+      checkpoint after training. A trainer without :class:`~spk_meta.train.RunCheckpointIO`
+      (SchNetPack's stock trainer config) gets one at ``setup``.
     - ``setup("fit")`` checks the model against the data before the first step (neighbour
       list cutoff vs the model's cutoff, elements vs the model's element networks) and
       raises :class:`spk_meta.model.ModelDataMismatch` naming what does not fit; warns about
-      elements a pre-trained model never saw, and records ``model.trained_elements``.
+      elements a pre-trained model never saw, and records ``model.trained_elements`` and
+      ``model.energy_level``: the level of theory whose energy reference the model adds
+      back, ``None`` for a multi-level model with no active level (it predicts
+      reference-subtracted energies; ``spkmeta evaluate`` then reports no energy errors).
     """
 
     def setup(self, stage=None):
@@ -44,26 +52,36 @@ class AtomisticTask(spk.task.AtomisticTask):
             for _, found in elements:
                 seen |= set(found)
             self.model.trained_elements = sorted(seen)
+            self._record_energy_level(dm)
+        drop_unlabelled_outputs(self, dm)  # energy-only data: no loss on forces, one warning
         super().setup(stage)
+
+    def _record_energy_level(self, dm) -> None:
+        """``model.energy_level``: the active task of a :class:`~spk_meta.data.TaskDataModule`
+        (its only task in single-task mode), ``None`` with several and none active."""
+        if hasattr(dm, "task_names") and hasattr(dm, "active_task"):
+            level = dm.active_task
+            self.model.energy_level = None if level is None else str(level)
+        else:  # another data module says nothing about levels: drop a pre-trained model's
+            self.model.__dict__.pop("energy_level", None)
 
     def _use_run_checkpoint_io(self) -> None:
         """Without our checkpoint plugin in the trainer (a stock SchNetPack trainer
-        config), install it, trusting only this trainer's checkpoint directory, so that
+        config: Lightning's plain ``TorchCheckpointIO``), install one, so that
         ``trainer.test(ckpt_path="best")`` and resuming work under torch >= 2.6."""
         strategy = self.trainer.strategy
-        current = getattr(strategy, "_checkpoint_io", None)
-        callback = self.trainer.checkpoint_callback
-        dirpath = getattr(callback, "dirpath", None)
-        if (current is None or type(current) is TorchCheckpointIO) and dirpath:
-            strategy.checkpoint_io = RunCheckpointIO(run_dir=dirpath)
+        if type(strategy.checkpoint_io) is TorchCheckpointIO:
+            strategy.checkpoint_io = RunCheckpointIO()
 
     @classmethod
     def load_from_checkpoint(
         cls, checkpoint_path: Any, *args: Any, weights_only: Optional[bool] = None, **kwargs: Any
     ):
-        return super().load_from_checkpoint(
-            checkpoint_path,
-            *args,
-            weights_only=trusted_weights_only(checkpoint_path, weights_only),
-            **kwargs,
+        local = isinstance(checkpoint_path, (str, os.PathLike)) and not str(checkpoint_path).startswith(
+            ("http://", "https://")
         )
+        if weights_only is not None or not local:  # the caller's choice; torch's safe default
+            return super().load_from_checkpoint(checkpoint_path, *args, weights_only=weights_only, **kwargs)
+        allowed = file_safe_globals(checkpoint_path, trust=False, hint=TRUST_HINT)
+        with torch.serialization.safe_globals(allowed):
+            return super().load_from_checkpoint(checkpoint_path, *args, weights_only=True, **kwargs)
