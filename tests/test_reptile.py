@@ -217,8 +217,60 @@ def test_reptile_needs_a_task_data_module(tiny_db, tmp_path):
                                   split_file=str(tmp_path / "s.npz"), transforms=[T.MatScipyNeighborList(CUTOFF), T.CastTo32()],
                                   num_workers=0)
     task = ReptileTask(tiny_model(), outputs(), inner_steps=2)
-    with pytest.raises(TypeError, match="TaskDataModule"):
+    with pytest.raises(TypeError, match=r"got AtomsDataModule \(it lacks: task_names, task_sampling_weights, "
+                                        r"next_batch, serve_episodes, stream_state, load_stream_state\)"):
         trainer(max_steps=2).fit(task, datamodule=dm)
+
+
+class OnlyTheContract(pl.LightningDataModule):
+    """A data module that is not a TaskDataModule: the EpisodicTaskData members (here by
+    delegation), and Lightning's loaders. Reptile must run on it exactly as on the original."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def setup(self, stage=None):
+        self.inner.setup(stage)
+
+    @property
+    def task_names(self):
+        return self.inner.task_names
+
+    def task_sampling_weights(self):
+        return self.inner.task_sampling_weights()
+
+    def next_batch(self, name):
+        return self.inner.next_batch(name)
+
+    def serve_episodes(self, batches_per_step):
+        self.inner.serve_episodes(batches_per_step)
+
+    def stream_state(self):
+        return self.inner.stream_state()
+
+    def load_stream_state(self, state):
+        self.inner.load_stream_state(state)
+
+    def train_dataloader(self):
+        return self.inner.train_dataloader()
+
+
+def test_the_contract_is_all_reptile_needs(make_dm):
+    from spk_meta.data import EpisodicTaskData, missing_members
+
+    assert isinstance(make_dm(), EpisodicTaskData) and missing_members(make_dm()) == []
+    runs = []
+    for wrap in (False, True):
+        dm = make_dm()
+        task = ReptileTask(tiny_model(), outputs(), optimizer_args={"lr": 1e-2}, inner_steps=2,
+                           outer_lr=0.5, tasks_per_step=2, sampling_seed=4)
+        trainer(max_epochs=1).fit(task, datamodule=OnlyTheContract(dm) if wrap else dm)
+        # one epoch: 9 training batches per pass / (k=2 x 2 tasks) -> 3 outer steps
+        assert task.outer_step == 3 and task.global_step == 12
+        runs.append(params(task.model))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_two_process_ddp_equals_hand_computed_batched_reptile(make_dm):
