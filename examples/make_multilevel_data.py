@@ -397,6 +397,7 @@ def write_atomic(path: Path, frames) -> None:
     os.close(fd)
     try:
         ase.io.write(tmp, frames, format="extxyz")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; data files are for everyone
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -408,6 +409,7 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -449,7 +451,7 @@ class Partial:
     def load_or_sample(self) -> List[Atoms]:
         if self.matches() and self.geometries_path.exists():
             frames = ase.io.read(self.geometries_path, ":")
-            if len(frames) == self.job.frames or self.job.kind == "md":
+            if len(frames) == self.job.frames:
                 self.header = self.read_header()
                 with open(self.labels_path) as f:
                     lines = f.read().split("\n")[1:]
@@ -531,9 +533,12 @@ def build_jobs(args) -> List:
             if max(scan.indices) >= len(scan_mol) or min(scan.indices) < 0:
                 raise InputError(f"scan {spec!r}: {mol_name} has atoms 0..{len(scan_mol) - 1}")
             try:
-                pairs = [scan.indices[1:3]] if scan.scan == "torsion" else [scan.indices]
-                for a, b in pairs:
-                    bonded_side(scan_mol, a, b)
+                if scan.scan == "torsion":
+                    i, j, k, l = scan.indices
+                    if l not in bonded_side(scan_mol, j, k):
+                        raise ValueError(f"atom {l} is not on atom {k}'s side of the {j}-{k} bond, so it would not move")
+                else:
+                    bonded_side(scan_mol, *scan.indices)
             except ValueError as err:
                 raise InputError(f"scan {spec!r} on {mol_name}: {err}") from None
             jobs.append(scan)
@@ -554,7 +559,7 @@ def build_jobs(args) -> List:
     return jobs
 
 
-def main(argv=None):
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("outdir", type=Path)
@@ -573,6 +578,11 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs and partial state")
     parser.add_argument("--flush-every", type=int, default=10, help="rewrite outputs every N labelled frames")
+    return parser
+
+
+def main(argv=None):
+    parser = make_parser()
     args = parser.parse_args(argv)
     try:
         jobs = build_jobs(args)
