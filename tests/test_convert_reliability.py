@@ -4,6 +4,7 @@ reported, counts and OUTDIR checked (issue #14 items 3, 4, 6, 7, 11; issue #11).
 
 import json
 import os
+import sqlite3
 
 import h5py
 import numpy as np
@@ -58,14 +59,20 @@ def test_overwrite_removes_stale_databases_keeps_other_files(tmp_path):
     mine = DatabaseWriter(out / "mine.db", "MP2/6-31g*", source="user", has_forces=False)
     mine.add(np.array([1, 1]), np.array([[0, 0, 0], [0, 0, 0.74]]), -31.0)
     mine.close()  # a user's own database (not written by spkmeta convert)
+    con = sqlite3.connect(out / "other.db")  # and a foreign SQLite file: must stay untouched
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    other = (out / "other.db").read_bytes()
 
     s = convert("ani1x", no_cc, out, overwrite=True, progress=False)
     assert s.levels["ccsd(t)_cbs"].database is None and s.removed == ["ccsd-t_cbs.db"]
-    assert s.kept == ["mine.db"]
-    assert listing(out) == [MANIFEST_NAME, "mine.db", "notes.txt", "wb97x_dz.db", "wb97x_tz.db"]
+    assert s.kept == ["mine.db", "other.db"]
+    assert listing(out) == [MANIFEST_NAME, "mine.db", "notes.txt", "other.db", "wb97x_dz.db", "wb97x_tz.db"]
+    assert (out / "other.db").read_bytes() == other
     text = str(s)
     assert "removed (earlier output this run did not write, --overwrite): ccsd-t_cbs.db" in text
-    assert "kept (not written by spkmeta convert; remove by hand if unwanted): mine.db" in text
+    assert "kept (not written by spkmeta convert; remove by hand if unwanted): mine.db, other.db" in text
 
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert sorted(manifest["files"]) == ["wb97x_dz.db", "wb97x_tz.db"]

@@ -51,13 +51,21 @@ def check_outdir(outdir: PathLike) -> Path:
 
 
 def _is_converted_database(path: Path) -> bool:
-    """True if ``path`` is an ASE database whose metadata says ``spkmeta convert`` wrote it."""
-    from ase.db import connect
+    """True if ``path`` is an ASE database whose metadata says ``spkmeta convert`` wrote it.
+
+    Read with sqlite3 in read-only mode: ASE's ``connect`` would create its tables in a
+    foreign SQLite file, and a user's file must stay untouched.
+    """
+    import sqlite3
 
     try:
-        with connect(str(path), type="db", use_lock_file=False) as conn:
-            return "converted_from" in conn.metadata
-    except Exception:
+        con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute("SELECT value FROM information WHERE name='metadata'").fetchone()
+        finally:
+            con.close()
+        return row is not None and "converted_from" in json.loads(row[0])
+    except (sqlite3.Error, ValueError, TypeError):
         return False
 
 
