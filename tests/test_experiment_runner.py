@@ -9,6 +9,7 @@ point; one slow test resumes a real ``spktrain`` run.
 """
 
 import json
+import os
 import sys
 from argparse import Namespace
 from pathlib import Path
@@ -195,6 +196,42 @@ def test_cli_stops_at_the_first_failed_run(tmp_path, fake_spktrain, monkeypatch,
     assert "spkmeta experiment: error: training run pre_ani_k1_s0 failed" in err
     assert str(tmp_path / "exp" / "runs" / "pre_ani_k1_s0") in err and "pre_ani_k1_s0.log" in err
     assert [c["id"] for c in fake_spktrain()] == ["pre_ani_k1_s0"]  # k=10 was not started
+
+
+def test_ctrl_c_leaves_the_run_to_be_resumed(tmp_path, fake_spktrain, monkeypatch, capsys):
+    from spk_meta.cli.experiment import run
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner_module.subprocess, "run", interrupted)
+    args = Namespace(preset="quick", out=str(tmp_path / "exp"), architectures=None, k="1", n=None,
+                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
+    assert run(args) == 130
+    assert "interrupted. Rerun the same command to continue" in capsys.readouterr().err
+    assert read_record(tmp_path / "exp" / "runs" / "pre_ani_k1_s0")["status"] == "started"
+
+
+def test_one_comparison_per_output_folder(tmp_path, fake_spktrain, capsys):
+    """A second comparison in the same folder would redo the first one's running trainings."""
+    from spk_meta.cli.experiment import run
+    from spk_meta.experiment import OutputBusy, output_lock
+
+    root = tmp_path / "exp"
+    args = Namespace(preset="quick", out=str(root), architectures=None, k="1", n=None,
+                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
+    with output_lock(root) as lock:
+        with pytest.raises(OutputBusy, match=f"pid {os.getpid()}"):
+            with output_lock(root):
+                pass
+        assert run(args) == 1
+        assert f"{root.absolute()} is in use by another spkmeta experiment (pid {os.getpid()}" in capsys.readouterr().err
+        assert fake_spktrain() == []
+    with output_lock(root):  # released when the first holder ended
+        assert lock.exists()
+    (tmp_path / "file").write_text("x")
+    assert run(Namespace(**{**vars(args), "out": str(tmp_path / "file")})) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
 
 
 # -- the decision on hand-made run directories --------------------------------------------

@@ -35,7 +35,7 @@ def run(args) -> int:
 
     from tqdm.auto import tqdm
 
-    from spk_meta.experiment import PRESETS, Runner, RunFailed, expand, markdown, rows_from_runs, summarise, write_results
+    from spk_meta.experiment import PRESETS, OutputBusy, Runner, RunFailed, output_lock
 
     preset = PRESETS[args.preset].with_(
         architectures=tuple(args.architectures.split(",")) if args.architectures else None,
@@ -43,20 +43,34 @@ def run(args) -> int:
         pretrain_epochs=args.pretrain_epochs, finetune_epochs=args.finetune_epochs,
     )
     root = Path(args.out)
-    runner = Runner(root, preset, log=tqdm.write)
-    pre, ft = expand(preset)
-    print(f"spkmeta experiment ({args.preset}): {len(pre)} pre-training and {len(ft)} fine-tuning runs in {root.absolute()}")
-    start = time.time()
-    evaluated = []
+    if root.exists() and not root.is_dir():
+        print(f"spkmeta experiment: error: --out {root} is a file, not a folder", file=sys.stderr)
+        return 2
     try:
-        for run in tqdm(pre, desc="pre-training", unit="run"):
-            runner.pretrain(run)
-        for run in tqdm(ft, desc="fine-tuning + evaluation", unit="run"):
-            runner.finetune(run)
-            evaluated.append((run, runner.evaluate(run)))
-    except RunFailed as err:
+        with output_lock(root):
+            return _compare(args.preset, preset, root, Runner(root, preset, log=tqdm.write), tqdm)
+    except (OutputBusy, RunFailed) as err:
         print(f"spkmeta experiment: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("\nspkmeta experiment: interrupted. Rerun the same command to continue: finished runs are "
+              "reused, the interrupted one is resumed from its last checkpoint or redone.", file=sys.stderr)
+        return 130
+
+
+def _compare(name, preset, root, runner, tqdm) -> int:
+    """Train, evaluate and tabulate every run of ``preset``; ``RunFailed`` stops at the first failure."""
+    from spk_meta.experiment import expand, markdown, rows_from_runs, summarise, write_results
+
+    pre, ft = expand(preset)
+    print(f"spkmeta experiment ({name}): {len(pre)} pre-training and {len(ft)} fine-tuning runs in {root.absolute()}")
+    start = time.time()
+    evaluated = []
+    for run in tqdm(pre, desc="pre-training", unit="run"):
+        runner.pretrain(run)
+    for run in tqdm(ft, desc="fine-tuning + evaluation", unit="run"):
+        runner.finetune(run)
+        evaluated.append((run, runner.evaluate(run)))
     rows = rows_from_runs(evaluated)
     paths = write_results(rows, root)
     print(markdown(summarise(rows)))

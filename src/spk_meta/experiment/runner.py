@@ -7,14 +7,16 @@ an interrupted run is resumed from SchNetPack's ``checkpoints/last.ckpt`` or red
 runner says which. Evaluations (``eval.json``) are reused only for the model they measured.
 """
 
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -31,6 +33,41 @@ PRETRAIN_BATCHES_PER_EPOCH = 3 * 160 // 16
 
 class RunFailed(RuntimeError):
     """A training run failed; the message names its run directory and its log."""
+
+
+class OutputBusy(RuntimeError):
+    """Another ``spkmeta experiment`` holds the output folder."""
+
+
+LOCK_FILE = ".spkmeta-experiment.lock"
+
+
+@contextmanager
+def output_lock(root: Path) -> Iterator[Path]:
+    """Hold an exclusive lock on the comparison folder ``root`` (``<root>/.spkmeta-experiment.lock``).
+
+    Two comparisons in one folder would take each other's running trainings for killed ones
+    and redo them. The lock is released when the block ends or the process dies.
+
+    Raises:
+        OutputBusy: another process holds it (its pid is named).
+    """
+    root = Path(root).absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise OutputBusy(f"{root} is in use by another spkmeta experiment (pid {holder}; lock {path}); "
+                             "wait for it to end or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def spktrain_executable() -> str:
