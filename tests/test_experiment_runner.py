@@ -82,16 +82,22 @@ def make_runner(root, messages, **preset):
 PRE = PretrainRun("ani", 10, 0)
 
 
+def pretrain_dies(runner, monkeypatch, how: str) -> RunFailed:
+    """Pre-train ``PRE`` with a stand-in spktrain that dies ``how``; returns the runner's error."""
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", how)
+    with pytest.raises(RunFailed) as err:
+        runner.pretrain(PRE)
+    monkeypatch.delenv("FAKE_SPKTRAIN_DIE")
+    return err.value
+
+
 def test_killed_run_with_a_best_model_is_resumed_not_reused(tmp_path, fake_spktrain, monkeypatch):
     messages = []
     runner = make_runner(tmp_path / "exp", messages)
-    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "after_best_model")
-    with pytest.raises(RunFailed):
-        runner.pretrain(PRE)
+    pretrain_dies(runner, monkeypatch, "after_best_model")
     run = runner.run_dir(PRE.name)
     assert (run / "best_model").exists()  # the half-trained model SchNetPack left behind
     assert decide(run, RunSpec(["anything"])).action == "redo"
-    monkeypatch.delenv("FAKE_SPKTRAIN_DIE")
     assert runner.pretrain(PRE) == run
     calls = fake_spktrain()
     assert len(calls) == 2 and calls[1]["resumed"]  # spktrain ran again and continued from last.ckpt
@@ -112,10 +118,7 @@ def test_killed_run_with_a_best_model_is_resumed_not_reused(tmp_path, fake_spktr
 def test_run_killed_before_its_first_checkpoint_is_redone_from_scratch(tmp_path, fake_spktrain, monkeypatch):
     messages = []
     runner = make_runner(tmp_path / "exp", messages)
-    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
-    with pytest.raises(RunFailed):
-        runner.pretrain(PRE)
-    monkeypatch.delenv("FAKE_SPKTRAIN_DIE")
+    pretrain_dies(runner, monkeypatch, "before_checkpoint")
     runner.pretrain(PRE)
     first, second = fake_spktrain()
     assert not second["resumed"]
@@ -157,9 +160,7 @@ def test_finetuning_is_redone_when_its_pretraining_was_retrained(tmp_path, fake_
 
 def test_finetuning_needs_a_finished_pretraining(tmp_path, fake_spktrain, monkeypatch):
     runner = make_runner(tmp_path / "exp", [])
-    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "after_best_model")
-    with pytest.raises(RunFailed):
-        runner.pretrain(PRE)
+    pretrain_dies(runner, monkeypatch, "after_best_model")
     with pytest.raises(RunFailed, match=f"training run {PRE.name} has not finished"):
         runner.finetune(FinetuneRun("ani", 10, 25, 0))
     assert len(fake_spktrain()) == 1  # the half-trained best_model was not fine-tuned
@@ -167,10 +168,7 @@ def test_finetuning_needs_a_finished_pretraining(tmp_path, fake_spktrain, monkey
 
 def test_failed_spktrain_names_run_directory_log_and_error(tmp_path, fake_spktrain, monkeypatch):
     runner = make_runner(tmp_path / "exp", [])
-    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
-    with pytest.raises(RunFailed) as err:
-        runner.pretrain(PRE)
-    text = str(err.value)
+    text = str(pretrain_dies(runner, monkeypatch, "before_checkpoint"))
     assert "spktrain exited with status 1" in text
     assert f"run directory: {runner.run_dir(PRE.name)}" in text
     assert f"log: {tmp_path / 'exp' / 'logs' / (PRE.name + '.log')}" in text
@@ -179,9 +177,7 @@ def test_failed_spktrain_names_run_directory_log_and_error(tmp_path, fake_spktra
 
 def test_spktrain_exiting_0_without_best_model_is_a_failure(tmp_path, fake_spktrain, monkeypatch):
     runner = make_runner(tmp_path / "exp", [])
-    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "no_best_model")
-    with pytest.raises(RunFailed, match="spktrain exited 0 but wrote no best_model"):
-        runner.pretrain(PRE)
+    assert "spktrain exited 0 but wrote no best_model" in str(pretrain_dies(runner, monkeypatch, "no_best_model"))
     assert read_record(runner.run_dir(PRE.name))["status"] == "started"
 
 
