@@ -206,7 +206,9 @@ class ANI(nn.Module):
             ``${model.representation.n_atom_basis}``); a mismatch raises ``ValueError``.
 
     Attributes:
-        cutoff: radial cutoff (Å), the minimal neighbour-list cutoff.
+        cutoff: radial cutoff (Å), the minimal neighbour-list cutoff, as a 0-dim tensor
+            buffer like SchNetPack's representations (``spkdeploy`` reads it).
+        radial_cutoff: the same as an exact Python float.
         n_atom_basis: AEV length.
         elements: tuple of supported chemical symbols, in element-index order.
         supported_atomic_numbers: the same as atomic numbers (read by
@@ -249,7 +251,7 @@ class ANI(nn.Module):
         self._supported: List[str] = list(symbols)
         self._symbols: List[str] = list(_SYMBOLS)
         self.preset = preset
-        self.cutoff: float = float(self.aev_computer.radial.cutoff)
+        self._set_cutoff(float(self.aev_computer.radial.cutoff))
         self.n_atom_basis: int = int(self.aev_computer.out_dim)
         if n_atom_basis is not None and int(n_atom_basis) != self.n_atom_basis:
             raise ValueError(
@@ -259,6 +261,24 @@ class ANI(nn.Module):
             )
         self.supported_atomic_numbers: List[int] = [_ATOMIC_NUMBERS[s] for s in symbols]
         self.register_buffer("species_index", species_lookup_table(symbols), persistent=False)
+
+    def _set_cutoff(self, cutoff: float) -> None:
+        """Keep the radial cutoff (Å) twice: exact, as the float the pair mask uses (as
+        torchani does), and as the tensor buffer ``cutoff`` that SchNetPack's tools read
+        like every SchNetPack representation's (``spkdeploy`` writes
+        ``representation.cutoff.item()`` into the TorchScript file for LAMMPS). Not
+        persistent: it follows from the constructor arguments, so state dicts are
+        unchanged."""
+        self.radial_cutoff: float = cutoff
+        self.register_buffer("cutoff", torch.tensor(cutoff, dtype=torch.float64), persistent=False)
+
+    def __setstate__(self, state: Dict) -> None:
+        """Unpickle models saved before ``cutoff`` became a buffer (a float attribute)."""
+        super().__setstate__(state)
+        old = self.__dict__.get("cutoff")
+        if isinstance(old, (int, float)):
+            del self.__dict__["cutoff"]
+            self._set_cutoff(float(old))
 
     @staticmethod
     def _build_aev_computer(
@@ -322,7 +342,7 @@ class ANI(nn.Module):
             torchani's sign convention ``diff = r_i - r_j(image)``.
         """
         rij = torch.linalg.vector_norm(Rij, dim=-1)
-        keep = half_neighbor_mask(idx_i, idx_j, Rij, rij, self.cutoff).nonzero().view(-1)
+        keep = half_neighbor_mask(idx_i, idx_j, Rij, rij, self.radial_cutoff).nonzero().view(-1)
         indices = torch.stack([idx_i.index_select(0, keep), idx_j.index_select(0, keep)])
         return Neighbors(indices, rij.index_select(0, keep), -Rij.index_select(0, keep))
 
@@ -346,5 +366,5 @@ class ANI(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"elements={list(self.elements)}, preset={self.preset!r}, "
-            f"cutoff={self.cutoff}, n_atom_basis={self.n_atom_basis}"
+            f"cutoff={self.radial_cutoff}, n_atom_basis={self.n_atom_basis}"
         )
