@@ -147,9 +147,12 @@ def test_spktrain_scratch_and_finetune_on_energy_only_data(energy_only_db, tmp_p
 
 @pytest.mark.slow
 def test_spktrain_stock_experiment_with_task_atomistic_on_energy_only_data(energy_only_db, tmp_path):
-    """SchNetPack's own md17 experiment (PaiNN, stock AtomsDataModule) with our task."""
+    """SchNetPack's own md17 experiment (PaiNN, stock AtomsDataModule) with our task. Its
+    ``property_units`` name forces, which SchNetPack's ASEAtomsData refuses for a database
+    without them: that key goes."""
     result = run_cli(
         ["spktrain", "experiment=md17", "task=atomistic", "data=custom", f"data.datapath={energy_only_db}",
+         "~data.property_units.forces",
          "run.experiment=eonly", "data.num_train=8", "data.num_val=4", "data.num_test=4", "data.batch_size=4",
          "data.num_workers=0", "data.num_val_workers=0", "data.num_test_workers=0",
          "model.representation.n_atom_basis=16", "model.representation.n_interactions=1",
