@@ -86,8 +86,11 @@ class OutputFolder:
     # -- the lock --------------------------------------------------------------------------
 
     def __enter__(self) -> "OutputFolder":
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock()
+        except OSError as err:  # e.g. a folder the user may not write to
+            raise ConversionError(f"OUTDIR {self.path}: cannot write here ({err.strerror or err})") from None
         try:
             stale = stale_temporary_files(self.path)
             for p in self.path.glob(f".{MANIFEST_NAME}.*.tmp"):
