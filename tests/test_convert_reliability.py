@@ -142,6 +142,16 @@ def test_a_file_that_appears_meanwhile_is_never_replaced(tmp_path, monkeypatch):
     assert listing(out) == ["wb97x_tz.db"]  # wb97x_dz.db, renamed first, was rolled back
 
 
+def test_a_failed_conversion_into_a_new_folder_leaves_no_folder(tmp_path):
+    def bad_shape(f):
+        del f["H2O/wb97x_dz.forces"]
+        f["H2O/wb97x_dz.forces"] = np.zeros((8, 2, 3))
+
+    with pytest.raises(ConversionError, match=r"'/H2O/wb97x_dz.forces' has shape \(8, 2, 3\)"):
+        convert("ani1x", write_ani1x(tmp_path / "bad.h5", edit=bad_shape), tmp_path / "new", progress=False)
+    assert not (tmp_path / "new").exists()
+
+
 # -- issue #11: temporary files of killed conversions -----------------------------------------
 
 

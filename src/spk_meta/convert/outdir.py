@@ -80,6 +80,7 @@ class OutputFolder:
         self.lock_path = self.path / LOCK_NAME
         self.manifest_path = self.path / MANIFEST_NAME
         self._fd: Optional[int] = None
+        self._created = False
         #: temporary files of killed conversions removed on entry
         self.removed_temporaries: List[str] = []
 
@@ -87,6 +88,7 @@ class OutputFolder:
 
     def __enter__(self) -> "OutputFolder":
         try:
+            self._created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             self._lock()
         except OSError as err:  # e.g. a folder the user may not write to
@@ -107,6 +109,11 @@ class OutputFolder:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._unlock()
+        if exc_type is not None and self._created:
+            try:
+                self.path.rmdir()  # a failed run into a new folder leaves no folder either
+            except OSError:
+                pass  # not empty: someone else's files
 
     def _lock(self) -> None:
         if fcntl is None:
