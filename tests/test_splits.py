@@ -183,3 +183,32 @@ def test_start_up_log_names_every_task_with_its_file_and_frames(tiny_db, ethanol
     assert "2 task(s) loaded: mp2, hf" in lines
     assert f"task 'mp2': 40 frames from {tiny_db} (energy+forces)" in lines
     assert f"task 'hf': 200 frames from {hf} (energy+forces)" in lines
+
+
+# -- through spktrain ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_spktrain_relative_tasks_log_and_a_rerun_with_new_sizes(tiny_db, tmp_path):
+    """`+data.tasks={a: data/a.db}` from the start directory; the log names the task; the
+    same run.id with other split sizes stops with the split mismatch instead of training
+    on the old split."""
+    from conftest import run_cli
+
+    (tmp_path / "data").mkdir()
+    shutil.copy(tiny_db, tmp_path / "data" / "a.db")
+    common = ["experiment=scratch_ani", "data=tasks", "+data.tasks={a: data/a.db}", "data.batch_size=8",
+              "model=schnet", "model.representation.n_atom_basis=8", "model.representation.n_interactions=1",
+              "trainer.max_epochs=1", "logger=csv", "run.id=r"]
+    first = run_cli(["spktrain", *common, "data.num_train=24", "data.num_val=8", "data.num_test=8"], cwd=tmp_path)
+    log = first.stdout + first.stderr
+    assert first.returncode == 0, log[-3000:]
+    assert "1 task(s) loaded: a" in log
+    assert f"task 'a': 40 frames from {tmp_path / 'data' / 'a.db'} (energy+forces)" in log
+    second = run_cli(["spktrain", *common, "data.num_train=5", "data.num_val=5", "data.num_test=5"], cwd=tmp_path)
+    log = second.stdout + second.stderr
+    assert second.returncode != 0
+    assert "TaskSplitMismatch" in log and "it has 24/8/8 train/val/test frames, this run asks for 5/5/5" in log
+    missing = run_cli(["spktrain", *common[:2], "+data.tasks={a: data/b.db}", *common[3:]], cwd=tmp_path)
+    assert missing.returncode != 0
+    assert f"data/b.db (resolved to {tmp_path / 'data' / 'b.db'}): no such task database" in missing.stderr
