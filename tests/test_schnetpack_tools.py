@@ -100,3 +100,121 @@ def test_cutoff_buffer_follows_the_model_dtype_and_is_read_as_the_cutoff():
     assert model.representation.cutoff.dtype == torch.float32
     assert model_cutoff(model) == CUTOFF  # 5.19999981 in float32, read as 5.2
     assert model_cutoff(ani_model().double()) == CUTOFF
+
+
+# ---------------------------------------------------------------- spkmeta predict, spkpredict
+
+
+def calculator_results(model, frames):
+    """SchNetPack's ASE calculator, frame by frame: energies (n,) and forces list. In
+    float64: in its default float32 the E0 sum of ~4e3 eV alone is off by ~1e-3 eV."""
+    calc = spk.interfaces.SpkCalculator(
+        model, neighbor_list=T.MatScipyNeighborList(CUTOFF), energy_unit="eV", position_unit="Ang",
+        dtype=torch.float64,
+    )
+    energies, forces = [], []
+    for ref in frames:
+        atoms = ref.copy()
+        atoms.calc = calc
+        energies.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+    return np.array(energies), forces
+
+
+@pytest.fixture
+def saved_model(tmp_path):
+    torch.save(ani_model(seed=2), tmp_path / "best_model")
+    return tmp_path / "best_model"
+
+
+@pytest.mark.parametrize("suffix", [".extxyz", ".npz"])
+def test_spkmeta_predict_matches_spkcalculator(saved_model, tmp_path, frames, tiny_db, suffix):
+    from spk_meta.cli.main import main
+    from spk_meta.evaluate import read_labelled
+
+    ase.io.write(tmp_path / "three.extxyz", frames)
+    out = tmp_path / f"pred{suffix}"
+    assert main(["predict", str(saved_model), str(tmp_path / "three.extxyz"), str(tiny_db),
+                 "--out", str(out), "--batch-size", "7"]) == 0
+    inputs = frames + read_labelled(tiny_db)
+    e_ref, f_ref = calculator_results(torch.load(saved_model, weights_only=False), inputs)
+    if suffix == ".npz":
+        data = np.load(out)
+        energies = data["energy"]
+        forces = np.split(data["forces"], np.cumsum(data["n_atoms"])[:-1])
+        assert list(data["source"][:4]) == [str(tmp_path / "three.extxyz")] * 3 + [str(tiny_db)]
+        assert list(data["source_index"][2:5]) == [2, 0, 1]
+        assert np.allclose(data["positions"], np.concatenate([a.positions for a in inputs]))
+    else:
+        written = ase.io.read(out, ":")
+        energies = np.array([a.get_potential_energy() for a in written])
+        forces = [a.get_forces() for a in written]
+        assert written[3].info["source"] == str(tiny_db) and written[3].info["source_index"] == 0
+    assert len(energies) == len(inputs) == 43
+    assert np.allclose(energies, e_ref, rtol=0, atol=1e-4)
+    assert not np.allclose(energies, [a.get_potential_energy() for a in inputs], atol=1e-2)  # not the labels
+    assert all(np.allclose(f, g, rtol=0, atol=1e-5) for f, g in zip(forces, f_ref))
+
+
+def test_spkmeta_predict_names_a_failing_file_and_writes_nothing(saved_model, tmp_path, frames, capsys):
+    from ase.build import molecule
+
+    from spk_meta.cli.main import main
+
+    ase.io.write(tmp_path / "good.extxyz", frames)
+    ase.io.write(tmp_path / "silane.extxyz", [molecule("SiH4")])
+    out = tmp_path / "pred.extxyz"
+    args = ["predict", str(saved_model), str(tmp_path / "good.extxyz"), str(tmp_path / "silane.extxyz")]
+    assert main([*args, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "silane.extxyz" in err and "Si (Z=14)" in err and "nothing written" in err
+    assert not out.exists() and list(tmp_path.glob("*.tmp*")) == []
+    assert main([*args[:3], "--out", str(tmp_path / "pred.csv")]) == 2
+    assert "unknown format" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_spkpredict_with_grad_and_batch_writer_matches_spkcalculator(saved_model, tmp_path, tiny_db):
+    """SchNetPack's own spkpredict works for force models with ``enable_grad=true
+    write_interval=batch``; its default epoch writer fails under Lightning 2.x."""
+    from spk_meta.evaluate import read_labelled
+
+    result = run_cli(
+        ["spkpredict", f"modeldir={saved_model.parent}", f"datapath={tiny_db}", f"outputdir={tmp_path / 'out'}",
+         f"cutoff={CUTOFF}", "enable_grad=true", "write_interval=batch", "batch_size=40"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    pred = torch.load(tmp_path / "out" / "0" / "0.pt")
+    e_ref, f_ref = calculator_results(torch.load(saved_model, weights_only=False), read_labelled(tiny_db))
+    assert np.allclose(pred["energy"].numpy(), e_ref, rtol=0, atol=1e-4)
+    assert np.allclose(pred["forces"].numpy(), np.concatenate(f_ref), rtol=0, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ MD
+
+
+def test_schnetpack_md_runs_an_ani_model(saved_model, frames):
+    """What ``spkmd`` runs: SchNetPack's MD engine with its SchNetPackCalculator on our
+    model file, 5 velocity-Verlet steps. (``script_model=True`` fails for every model
+    spktrain saves, PaiNN too: SchNetPack's own ``CastTo64`` is not scriptable.)"""
+    from schnetpack.md import Simulator, System, UniformInit
+    from schnetpack.md.calculators import SchNetPackCalculator
+    from schnetpack.md.integrators import VelocityVerlet
+    from schnetpack.md.neighborlist_md import NeighborListMD
+
+    system = System()
+    system.load_molecules(frames[0], n_replicas=1, position_unit_input="Angstrom")
+    UniformInit(300, remove_center_of_mass=True).initialize_system(system)
+    calc = SchNetPackCalculator(
+        str(saved_model), "forces", "eV", "Angstrom",
+        NeighborListMD(cutoff=CUTOFF, cutoff_shell=1.0, base_nbl=T.ASENeighborList),
+        energy_key="energy",
+    )
+    start = system.positions.clone()
+    Simulator(system, VelocityVerlet(time_step=0.5), calc).simulate(5)
+    moved = (system.positions - start).abs().max().item()  # internal units (nm)
+    assert 0 < moved < 0.01 and torch.isfinite(system.forces).all()
+    # the forces the engine used are the model's (its internal units: kJ/mol/nm)
+    e, f = predict(ani_model(seed=2).double(), [system.get_ase_atoms()[0]])
+    assert np.allclose(system.forces[0].numpy() * 0.01036427 / 10, f.numpy(), rtol=0, atol=1e-5)

@@ -5,7 +5,7 @@ import os
 import sys
 from typing import List, Optional
 
-from spk_meta.cli import convert, evaluate, experiment, info
+from spk_meta.cli import convert, evaluate, experiment, info, predict
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parser(sub)
     convert.add_parser(sub)
     evaluate.add_parser(sub)
+    predict.add_parser(sub)
     experiment.add_parser(sub)
     return parser
 
