@@ -10,7 +10,6 @@ from schnetpack import transform as T
 
 from spk_meta.data import (
     TaskDataError,
-    TaskDataModule,
     TaskDataset,
     TaskSplit,
     TaskSplitMismatch,
@@ -19,24 +18,14 @@ from spk_meta.data import (
     save_splits,
     write_database,
 )
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
+from test_task_data import in_tmp  # noqa: F401 (fixture: run in tmp_path)
+from test_task_data import make_dm as make_task_dm
 
 
 def make_dm(tasks, **kw):
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("num_train", 24)
-    kw.setdefault("num_val", 8)
-    kw.setdefault("num_test", 8)
-    kw.setdefault("split_seed", 0)
-    kw.setdefault("transforms", [T.CastTo32()])
-    dm = TaskDataModule(tasks, **kw)
-    dm.setup("fit")
-    return dm
+    """A set-up TaskDataModule: 24/8/8 frames per task, no neighbour list."""
+    defaults = {"num_train": 24, "num_val": 8, "num_test": 8, "split_seed": 0, "transforms": [T.CastTo32()]}
+    return make_task_dm(tasks, **{**defaults, **kw})
 
 
 def mp2_frames(ethanol, start, stop):
