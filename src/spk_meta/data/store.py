@@ -36,6 +36,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from spk_meta.data.writer import pid_alive
+
 PathLike = Union[str, Path]
 
 STORE_FORMAT = "spk-meta packed task store"
@@ -398,21 +400,12 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
             pid = int(p.name.rsplit(".", 2)[-2].split("-")[0])
         except (ValueError, IndexError):
             continue
-        if _pid_alive(pid):
+        if pid_alive(pid):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- reading ------------------------------------------------------------------------------
