@@ -6,6 +6,8 @@ from typing import Iterable, List, Optional, Sequence, Union
 
 import torch
 
+from spk_meta.model.loading import load_model
+
 log = logging.getLogger(__name__)
 
 
@@ -27,35 +29,32 @@ def load_pretrained(
     path: Union[str, Path],
     postprocessors: Optional[Sequence[torch.nn.Module]] = None,
     freeze: Optional[Iterable[str]] = None,
+    trust: bool = False,
 ) -> torch.nn.Module:
     """A trained model from ``path``, ready to be trained further.
 
     Args:
         path: SchNetPack's ``best_model`` (a ``torch.save``'d model) or a Lightning
-            checkpoint (``.ckpt``) of a SchNetPack task. Either holds pickled Python
-            objects, so it is loaded with ``weights_only=False``: only pass files you
-            trust (naming the file is that decision).
+            checkpoint (``.ckpt``) of a SchNetPack task. Loaded weights-only with the
+            allow-list of :mod:`spk_meta.model.loading`, which every model and checkpoint
+            SchNetPack and spk-meta write passes; a file that names other code is refused.
         postprocessors: replace the model's postprocessors (fine-tuning: a fresh
             ``AddOffsets`` that takes the new level's energy reference from the data).
         freeze: parameter-name prefixes to keep fixed (transfer learning), e.g.
             ``["output_modules.0.atomics.H.layers.0"]``; see ``model.named_parameters()``.
+        trust: unpickle a file the allow-list refuses (it can run code; a warning names
+            the file). ``spktrain ... +trust_checkpoint=true``.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
+        NotAModelFile: not a model file (truncated or another format).
+        UntrustedModelFile: the file names code outside the allow-list and ``trust`` is False.
         ValueError: the file holds no SchNetPack model, or a prefix matches nothing.
     """
     path = _absolute(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such pre-trained model (a best_model file or a .ckpt)")
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    if isinstance(obj, torch.nn.Module):
-        model = obj.model if hasattr(obj, "model") and hasattr(obj, "outputs") else obj
-    elif isinstance(obj, dict) and "state_dict" in obj and "model" in obj.get("hyper_parameters", {}):
-        model = obj["hyper_parameters"]["model"]
-        state = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
-    else:
-        raise ValueError(f"{path}: not a SchNetPack model or task checkpoint")
+    model = load_model(path, trust=trust).train()
     if postprocessors is not None:
         model.postprocessors = torch.nn.ModuleList(list(postprocessors))
     for prefix in list(freeze or []):

@@ -1,90 +1,99 @@
-"""Load the run's own Lightning checkpoints under torch >= 2.6.
+"""Reload SchNetPack task checkpoints under torch >= 2.6 without trusting foreign files.
 
 torch >= 2.6 makes ``torch.load(weights_only=True)`` the default. SchNetPack's
 ``AtomisticTask`` saves its model and outputs (``nn.Module`` objects) as hyperparameters,
-so its checkpoints only unpickle with ``weights_only=False``; SchNetPack 2.2 never passes
-that flag, and ``spktrain`` fails in ``trainer.test(ckpt_path="best")`` after training.
+so a plain weights-only load of its checkpoints fails, and SchNetPack 2.2 never passes
+``weights_only=False``: ``spktrain`` would fail in ``trainer.test(ckpt_path="best")``.
 
-The fix here is narrow: checkpoints that *this run* wrote (saved by this process, or
-lying in a directory the run registered as its own: its run directory) load with
-``weights_only=False``; every other checkpoint keeps torch's safe default. The global
-default of ``torch.load`` is never changed.
+Here a checkpoint is loaded weights-only with the allow-list of
+:mod:`spk_meta.model.loading` (the model's classes, optimisers, hyperparameter
+containers), which covers every checkpoint SchNetPack and spk-meta write. Full unpickling
+is left for:
 
-- :class:`RunCheckpointIO` is a Lightning checkpoint-IO plugin: it covers
-  ``trainer.test(ckpt_path="best")`` and resuming with ``trainer.fit(ckpt_path=...)``.
-- :class:`spk_meta.task.AtomisticTask` consults the same registry in
-  ``load_from_checkpoint``, which Lightning runs without the trainer's plugin.
+- checkpoints this plugin object saved itself (this process, this trainer);
+- ``trust=True`` (``spktrain +trust_checkpoint=true``), with a warning naming the file;
+- an explicit ``weights_only=False`` from the caller.
+
+A crafted ``last.ckpt`` in a run directory therefore runs no code on automatic resume.
+Trust belongs to one plugin object (one trainer); there is no process-wide list, and no
+directory is trusted. The global default of ``torch.load`` is never changed.
+
+:class:`spk_meta.task.AtomisticTask` installs this plugin in a trainer that lacks it, and
+loads ``load_from_checkpoint`` through the same allow-list.
 """
 
 import os
 from pathlib import Path
 from typing import Any, Optional, Set, Union
 
+import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-_trusted_dirs: Set[Path] = set()
-_trusted_files: Set[Path] = set()
+from spk_meta.model.loading import load_file
+
 
 PathLike = Union[str, Path]
+
+TRUST_HINT = "add +trust_checkpoint=true to the spktrain command (trainer plugin: trust=true)"
 
 
 def _resolve(path: PathLike) -> Path:
     return Path(os.path.abspath(os.path.expanduser(str(path)))).resolve()
 
 
-def trust_directory(directory: PathLike) -> None:
-    """Treat every checkpoint below ``directory`` as written by this run."""
-    _trusted_dirs.add(_resolve(directory))
-
-
-def is_trusted_checkpoint(path: Any) -> bool:
-    """True if ``path`` is a local file this run saved or lying below a trusted directory."""
-    if not isinstance(path, (str, Path)) or str(path).startswith(("http://", "https://")):
-        return False
-    p = _resolve(path)
-    return p in _trusted_files or any(p.is_relative_to(d) for d in _trusted_dirs)
-
-
-def trusted_weights_only(path: Any, weights_only: Optional[bool]) -> Optional[bool]:
-    """The ``weights_only`` to load ``path`` with: an explicit choice wins; else
-    ``False`` for the run's own checkpoints and torch's default otherwise."""
-    if weights_only is None and is_trusted_checkpoint(path):
-        return False
-    return weights_only
+def _is_local(path: Any) -> bool:
+    return isinstance(path, (str, Path)) and not str(path).startswith(("http://", "https://"))
 
 
 class RunCheckpointIO(TorchCheckpointIO):
-    """Lightning ``CheckpointIO`` that reloads the run's own checkpoints with
-    ``weights_only=False`` and leaves everything else to torch's safe default.
+    """Lightning ``CheckpointIO`` that loads SchNetPack task checkpoints weights-only with
+    an allow-list, and fully unpickles only its own checkpoints or, if ``trust``, any.
 
     Args:
-        run_dir: the run's directory; checkpoints below it count as the run's own.
-            Default: the working directory when the plugin is built (``spktrain`` has
-            already changed into the run directory then).
+        run_dir: accepted for older configs and code; no directory is trusted.
+        trust: fully unpickle checkpoints that need names outside the allow-list (with a
+            warning naming the file). Set it only for checkpoints you trust.
 
     Use in a trainer config::
 
         trainer:
           plugins:
             - _target_: spk_meta.train.RunCheckpointIO
+              trust: ${oc.select:trust_checkpoint,false}
     """
 
-    def __init__(self, run_dir: Optional[PathLike] = None):
+    def __init__(self, run_dir: Optional[PathLike] = None, trust: bool = False):
         super().__init__()
-        self.run_dir = _resolve(run_dir if run_dir is not None else os.getcwd())
-        trust_directory(self.run_dir)
+        self.run_dir = None if run_dir is None else _resolve(run_dir)
+        self.trust = bool(trust)
+        self._written: Set[Path] = set()
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         super().save_checkpoint(checkpoint, path, storage_options=storage_options)
-        _trusted_files.add(_resolve(path))
+        self._written.add(_resolve(path))
 
-    def __setstate__(self, state):
-        # a spawned process unpickles the plugin without running __init__: re-trust
-        self.__dict__.update(state)
-        trust_directory(self.run_dir)
+    def wrote(self, path: Any) -> bool:
+        """True if this plugin object saved ``path`` (and so may fully unpickle it)."""
+        return _is_local(path) and _resolve(path) in self._written
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
-        kwargs = {} if map_location is None else {"map_location": map_location}
-        return super().load_checkpoint(
-            path, weights_only=trusted_weights_only(path, weights_only), **kwargs
-        )
+        if weights_only is not None or not _is_local(path):
+            # an explicit choice by the caller, or a URL: torch's own handling
+            kwargs = {} if map_location is None else {"map_location": map_location}
+            return super().load_checkpoint(path, weights_only=weights_only, **kwargs)
+        if self.wrote(path):
+            return torch.load(path, map_location=map_location, weights_only=False)
+        return load_file(path, trust=self.trust, map_location=map_location, hint=TRUST_HINT)
+
+
+def is_trusted_checkpoint(path: Any) -> bool:
+    """Always False: no file is trusted process-wide any more (see :class:`RunCheckpointIO`)."""
+    return False
+
+
+def trust_directory(directory: PathLike) -> None:
+    """Removed: trusting a directory for the whole process let any file in it run code."""
+    raise RuntimeError(
+        f"trust_directory({directory!r}) was removed: checkpoints load weights-only with an "
+        "allow-list; to unpickle untrusted ones fully use RunCheckpointIO(trust=True)"
+    )
