@@ -3,11 +3,20 @@
 from spk_meta.evaluate.ensemble import EnsembleCalculator
 from spk_meta.evaluate.md import md_stability
 from spk_meta.evaluate.metrics import error_metrics, gradient_error, roughness, spurious_barriers
-from spk_meta.evaluate.predict import calculator, evaluate, load_model, predict, read_labelled
+from spk_meta.evaluate.predict import (
+    calculator,
+    energy_reference_missing,
+    evaluate,
+    evaluate_frames,
+    load_model,
+    predict,
+    read_labelled,
+)
 from spk_meta.evaluate.scans import Scan, bond_scan, bonded_side, dissociation_report, torsion_scan
 
 __all__ = [
     "EnsembleCalculator", "Scan", "bond_scan", "bonded_side", "calculator", "dissociation_report",
-    "error_metrics", "evaluate", "gradient_error", "load_model", "md_stability", "predict",
-    "read_labelled", "roughness", "spurious_barriers", "torsion_scan",
+    "energy_reference_missing", "error_metrics", "evaluate", "evaluate_frames", "gradient_error",
+    "load_model", "md_stability", "predict", "read_labelled", "roughness", "spurious_barriers",
+    "torsion_scan",
 ]

@@ -1,6 +1,6 @@
 """Ensembles of models: mean prediction and spread, as an ASE calculator."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
@@ -17,6 +17,15 @@ class EnsembleCalculator(Calculator):
         if len(calculators) < 2:
             raise ValueError("an ensemble needs at least two calculators")
         self.calculators = list(calculators)
+
+    @classmethod
+    def from_models(cls, models: Sequence, cutoff: Optional[float] = None, device: str = "cpu",
+                    trust: bool = False, **kwargs) -> "EnsembleCalculator":
+        """An ensemble of SchNetPack models (modules or model files, loaded with
+        :func:`~spk_meta.model.loading.load_model`; ``trust`` as there)."""
+        from spk_meta.evaluate.predict import calculator
+
+        return cls([calculator(m, cutoff=cutoff, device=device, trust=trust) for m in models], **kwargs)
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
