@@ -10,6 +10,7 @@ from schnetpack import transform as T
 
 from spk_meta.data import (
     TaskDataError,
+    TaskDataModule,
     TaskDataset,
     TaskSplit,
     TaskSplitMismatch,
@@ -162,6 +163,24 @@ def test_relative_task_paths_resolve_against_the_start_directory(tiny_db, tmp_pa
     with pytest.raises(TaskDataError) as err:
         TaskDataset({"b": "data/b.db"})
     assert str(err.value) == f"data/b.db (resolved to {start / 'data' / 'b.db'}): no such task database"
+
+
+def test_a_spawned_worker_finds_relative_tasks_too(tiny_db, tmp_path, monkeypatch, hydra_started_in):
+    """DDP spawns workers without Hydra: the module keeps the start directory it was built in."""
+    import pickle
+
+    from hydra.core.hydra_config import HydraConfig
+
+    start, run_dir = tmp_path / "project", tmp_path / "project" / "runs" / "r1"
+    run_dir.mkdir(parents=True)
+    shutil.copy(tiny_db, start / "a.db")
+    monkeypatch.chdir(run_dir)
+    hydra_started_in(start)
+    built = TaskDataModule({"a": "a.db"}, num_train=24, num_val=8, num_test=8, split_file=None, references_file=None)
+    HydraConfig.instance().cfg = None  # the worker process: no Hydra, cwd = run directory
+    worker = pickle.loads(pickle.dumps(built))
+    worker.setup("fit")
+    assert worker.dataset["a"].path == start / "a.db"
 
 
 def test_start_up_log_names_every_task_with_its_file_and_frames(tiny_db, ethanol, in_tmp, caplog):

@@ -49,7 +49,7 @@ from spk_meta.data.splits import (
     save_splits,
     split_counts,
 )
-from spk_meta.data.task_dataset import PathLike, TaskDataError, TaskDataset, TaskSubset
+from spk_meta.data.task_dataset import PathLike, TaskDataError, TaskDataset, TaskSubset, start_directory
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,9 @@ class TaskDataModule(pl.LightningDataModule):
         if kwargs:
             log.info("TaskDataModule ignores SchNetPack data options %s", sorted(kwargs))
         self.tasks_config = tasks
+        #: where relative task paths start: taken now, in the process Hydra started (a
+        #: spawned DDP worker sets up the data without Hydra's original directory)
+        self.start_dir = start_directory()
         self.batch_size = int(batch_size)
         self.num_train, self.num_val, self.num_test = num_train, num_val, num_test
         self.split_file = split_file
@@ -253,6 +256,7 @@ class TaskDataModule(pl.LightningDataModule):
             forces_unit=self.forces_unit,
             nan_policy=self.nan_policy,
             progress=self.progress,
+            base_dir=self.start_dir,
         )
         self._log_tasks()
         if self._active_task is not None and self._active_task not in self.dataset:

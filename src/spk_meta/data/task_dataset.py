@@ -70,10 +70,10 @@ def start_directory() -> Path:
     return Path(os.getcwd())
 
 
-def resolve_task_path(path: PathLike) -> Path:
-    """``path`` made absolute against :func:`start_directory` (``~`` expanded)."""
+def resolve_task_path(path: PathLike, base: Optional[PathLike] = None) -> Path:
+    """``path`` made absolute against ``base`` (default: :func:`start_directory`), ``~`` expanded."""
     path = Path(str(path)).expanduser()
-    return path if path.is_absolute() else start_directory() / path
+    return path if path.is_absolute() else Path(base if base is not None else start_directory()) / path
 
 
 def _unit_factor(path: Path, what: str, source: str, target: str) -> float:
@@ -438,9 +438,11 @@ class TaskDataset(MappingABC):
     Args:
         tasks: mapping ``name -> database path``, or a sequence of paths (each named by
             the slug of its level of theory, else of its file name). Relative paths are
-            resolved against :func:`start_directory` (where ``spktrain`` was started).
+            resolved against ``base_dir``.
         energy_key, forces_key, distance_unit, energy_unit, forces_unit, nan_policy, progress: see
             :class:`TaskData`; shared by all tasks, so every task ends in one unit system.
+        base_dir: where relative paths start; ``None``: :func:`start_directory` (where
+            ``spktrain`` was started, not its run directory).
 
     Raises:
         TaskDataError: a database is unusable, or two tasks get the same name.
@@ -456,8 +458,9 @@ class TaskDataset(MappingABC):
         nan_policy: str = "fail",
         progress: Optional[bool] = None,
         forces_unit: Optional[str] = None,
+        base_dir: Optional[PathLike] = None,
     ):
-        named = self._name_tasks(tasks)
+        named = self._name_tasks(tasks, base_dir)
         self._tasks: Dict[str, TaskData] = {}
         for i, (name, path) in enumerate(named):
             self._tasks[name] = TaskData(
@@ -474,7 +477,7 @@ class TaskDataset(MappingABC):
             )
 
     @staticmethod
-    def _name_tasks(tasks) -> List[tuple]:
+    def _name_tasks(tasks, base_dir: Optional[PathLike] = None) -> List[tuple]:
         if isinstance(tasks, (str, Path)):
             tasks = [tasks]
         if isinstance(tasks, MappingABC) or hasattr(tasks, "items"):
@@ -483,7 +486,7 @@ class TaskDataset(MappingABC):
             given = [(None, str(p)) for p in tasks]
         named = []
         for name, path in given:
-            resolved = resolve_task_path(path)
+            resolved = resolve_task_path(path, base_dir)
             if not resolved.exists():
                 where = "" if Path(path).expanduser() == resolved else f" (resolved to {resolved})"
                 raise TaskDataError(f"{path}{where}: no such task database")
