@@ -218,3 +218,94 @@ def test_schnetpack_md_runs_an_ani_model(saved_model, frames):
     # the forces the engine used are the model's (its internal units: kJ/mol/nm)
     e, f = predict(ani_model(seed=2).double(), [system.get_ase_atoms()[0]])
     assert np.allclose(system.forces[0].numpy() * 0.01036427 / 10, f.numpy(), rtol=0, atol=1e-5)
+
+
+#: A whole ``spkmd`` config in one file. SchNetPack 2.2.0's wheel ships ``spkmd`` without
+#: its ``md_configs`` ("Cannot find primary config 'config'"), so users pass their own
+#: with ``--config-dir``; this is the repository's default, flattened, with 5 steps.
+SPKMD_CONFIG = """\
+# @package _global_
+device: cpu
+precision: 64
+seed: 0
+simulation_dir: ???
+overwrite: false
+restart: null
+load_config: null
+calculator:
+  _target_: schnetpack.md.calculators.SchNetPackCalculator
+  required_properties: [energy, forces]
+  model_file: ???
+  force_key: forces
+  energy_unit: eV
+  position_unit: Angstrom
+  energy_key: energy
+  stress_key: null
+  script_model: false
+  neighbor_list:
+    _target_: schnetpack.md.neighborlist_md.NeighborListMD
+    cutoff: 5.2
+    cutoff_shell: 1.0
+    requires_triples: false
+    base_nbl: schnetpack.transform.ASENeighborList
+    collate_fn: schnetpack.data.loader._atoms_collate_fn
+system:
+  molecule_file: ???
+  load_system_state: null
+  n_replicas: 1
+  position_unit_input: Angstrom
+  mass_unit_input: 1.0
+  initializer:
+    _target_: schnetpack.md.UniformInit
+    temperature: 300
+    remove_center_of_mass: true
+    remove_translation: true
+    remove_rotation: true
+    wrap_positions: false
+dynamics:
+  integrator:
+    _target_: schnetpack.md.integrators.VelocityVerlet
+    time_step: 0.5
+  n_steps: 5
+  thermostat: null
+  barostat: null
+  progress: false
+  simulation_hooks: []
+callbacks:
+  hdf5:
+    _target_: schnetpack.md.simulation_hooks.FileLogger
+    filename: simulation.hdf5
+    buffer_size: 10
+    data_streams:
+      - _target_: schnetpack.md.simulation_hooks.MoleculeStream
+        store_velocities: true
+      - _target_: schnetpack.md.simulation_hooks.PropertyStream
+        target_properties: [energy]
+    every_n_steps: 1
+    precision: ${precision}
+hydra:
+  run:
+    dir: ${simulation_dir}
+  job:
+    chdir: true
+"""
+
+
+@pytest.mark.slow
+def test_spkmd_runs_5_steps_of_an_ani_model(saved_model, tmp_path, frames):
+    from schnetpack.md.data import HDF5Loader
+
+    (tmp_path / "md_configs").mkdir()
+    (tmp_path / "md_configs" / "ani_md.yaml").write_text(SPKMD_CONFIG)
+    ase.io.write(tmp_path / "start.xyz", frames[0])
+    result = run_cli(
+        ["spkmd", "--config-dir", str(tmp_path / "md_configs"), "--config-name", "ani_md",
+         f"simulation_dir={tmp_path / 'sim'}", f"calculator.model_file={saved_model}",
+         f"system.molecule_file={tmp_path / 'start.xyz'}"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    data = HDF5Loader(str(tmp_path / "sim" / "simulation.hdf5"))
+    positions = data.get_positions()
+    assert positions.shape == (5, 9, 3) and np.isfinite(data.get_property("energy", False)).all()
+    assert 0 < np.abs(positions[-1] - positions[0]).max() < 0.1  # Ang: it moved, a little
