@@ -17,8 +17,43 @@ Use it with ``use_distributed_sampler=False`` (each rank draws its own tasks and
         _target_: spk_meta.train.ReptileDDPStrategy
 """
 
-from pytorch_lightning.overrides.distributed import _sync_module_states
+import torch
+import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
+
+
+@torch.no_grad()
+def broadcast_module_state(module: torch.nn.Module, src: int = 0) -> int:
+    """Overwrite every rank's parameters and buffers with those of rank ``src``, in place.
+
+    What ``DistributedDataParallel``'s constructor does, with public ``torch.distributed``
+    calls only: one ``broadcast`` per tensor of ``module.state_dict()``, in the state
+    dict's order (identical on every rank, since every rank builds the same module). The
+    state dict's tensors share storage with the parameters and buffers, so the broadcast
+    writes into the module itself. Tensors that a collective cannot take directly
+    (non-contiguous, ``bool``) travel as a contiguous copy and are copied back.
+
+    A no-op outside an initialised process group. Returns the number of tensors sent.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return 0
+    sent = 0
+    seen = set()
+    for tensor in module.state_dict().values():
+        if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
+            continue  # e.g. a module's non-tensor extra state
+        key = (tensor.data_ptr(), tensor.dtype, tuple(tensor.shape), tensor.stride())
+        if key in seen:  # tied weights appear once per name
+            continue
+        seen.add(key)
+        if tensor.is_contiguous() and tensor.dtype != torch.bool:
+            dist.broadcast(tensor, src)
+        else:
+            wire = tensor.to(torch.uint8 if tensor.dtype == torch.bool else tensor.dtype).contiguous()
+            dist.broadcast(wire, src)
+            tensor.copy_(wire.to(tensor.dtype))
+        sent += 1
+    return sent
 
 
 class ReptileDDPStrategy(DDPStrategy):
@@ -28,4 +63,4 @@ class ReptileDDPStrategy(DDPStrategy):
 
     def configure_ddp(self) -> None:
         # identical θ on every rank, as DDP's constructor would have ensured
-        _sync_module_states(self.model)
+        broadcast_module_state(self.model)
