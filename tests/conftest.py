@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List
+from typing import Iterator, List
 
 import ase.io
 import pytest
@@ -12,12 +12,21 @@ import pytest
 VENV_BIN = Path(sys.executable).parent
 
 
-@pytest.fixture(scope="session")
-def cache_root(tmp_path_factory) -> Path:
-    """A per-session $SPKMETA_CACHE, so tests never touch the user's cache."""
+@pytest.fixture(scope="session", autouse=True)
+def cache_root(tmp_path_factory) -> Iterator[Path]:
+    """A per-session $SPKMETA_CACHE for every test and every subprocess it starts.
+
+    Autouse, so no test (run alone or not) builds the embedded databases in the user's
+    ``~/.cache/spk-meta``; the previous value is restored when the session ends.
+    """
     root = tmp_path_factory.mktemp("spkmeta-cache")
+    previous = os.environ.get("SPKMETA_CACHE")
     os.environ["SPKMETA_CACHE"] = str(root)
-    return root
+    yield root
+    if previous is None:
+        os.environ.pop("SPKMETA_CACHE", None)
+    else:
+        os.environ["SPKMETA_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,5 @@
 """ANI representation + element-wise output module vs torchani's own padded API (float64)."""
 
-from pathlib import Path
-
 import ase.io
 from ase.data import atomic_numbers
 import numpy as np
@@ -19,18 +17,15 @@ from torchani.nn import ANINetworks
 from spk_meta.atomistic import ElementwiseAtomwise, copy_element_weights
 from spk_meta.representation import ANI
 
-ETHANOL = (
-    Path(__file__).parents[1]
-    / "src/spk_meta/datasets/ethanol_multilevel/target_mp2_631gs_test_300K.extxyz"
-)
 NL_CUTOFF = 5.5  # > 5.2 Å (ANI-1x radial cutoff): extra pairs must be ignored
 TOL = 1e-6
 DT = torch.float64
 
 
 @pytest.fixture(scope="module")
-def ethanols():
-    return ase.io.read(ETHANOL, ":")
+def ethanols(ethanol):
+    """The MP2 300 K test frames shipped in the installed package (not the source tree)."""
+    return ase.io.read(ethanol["target_mp2_631gs_test_300K"].extxyz, ":")
 
 
 def spk_inputs(atoms_list, neighbor_list=ASENeighborList, strain=False):

@@ -26,6 +26,7 @@ def ani_model(preset="ani1x"):
     )
 
 
+@pytest.mark.slow
 def test_scratch_ani_trains_and_best_model_runs_in_spkcalculator(tmp_path, ethanol):
     result = run_cli(
         ["spktrain", "experiment=scratch_ani", "trainer.max_epochs=2", "logger=csv", "run.id=s"],

@@ -72,6 +72,16 @@ def test_cache_dir_is_absolute_and_follows_env(tmp_path, monkeypatch):
     assert cache_dir("x") == tmp_path / "x"
 
 
+def test_every_test_gets_a_private_cache_without_asking(tmp_path_factory):
+    """conftest's cache fixture is autouse: a test that names no data fixture (run alone,
+    e.g. one spktrain test) still builds the embedded databases outside ~/.cache."""
+    env = os.environ.get("SPKMETA_CACHE")
+    assert env, "SPKMETA_CACHE is not set for a test that did not request cache_root"
+    assert Path(env).is_relative_to(tmp_path_factory.getbasetemp())
+    assert cache_dir() == Path(env)
+    assert not cache_dir().is_relative_to(Path.home() / ".cache")
+
+
 def test_concurrent_first_use_builds_complete_databases(tmp_path):
     """Two processes building the same cache at once both see complete databases."""
     code = (

@@ -1,6 +1,7 @@
 """Each experiment end to end through `spktrain` on the embedded data (1 epoch, CPU):
 fit, test on the best checkpoint, best_model in SpkCalculator; fine-tuning from a
-pre-trained model, with and without frozen layers."""
+pre-trained model, with and without frozen layers. The `spktrain` runs are marked slow
+(`make test-slow`); loading a pre-trained file is tested in-process in `make test`."""
 
 import warnings
 
@@ -8,11 +9,15 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from schnetpack.atomistic import Forces, PairwiseDistances
 from schnetpack.interfaces import SpkCalculator
+from schnetpack.model import NeuralNetworkPotential
 from schnetpack.transform import ASENeighborList
 
 from conftest import run_cli
+from spk_meta.atomistic import ElementwiseAtomwise
 from spk_meta.model import frozen_parameters, load_pretrained, warn_untrained_elements
+from spk_meta.representation import ANI
 
 QUICK = ["trainer.max_epochs=1", "logger=csv", "data.batch_size=8"]
 SMALL_TASKS = ["data.num_train=40", "data.num_val=8", "data.num_test=8"]
@@ -45,6 +50,7 @@ def pretrained(tmp_path_factory, cache_root):
     return cwd / "runs" / "pre" / "best_model"
 
 
+@pytest.mark.slow
 def test_joint_ani_runs_end_to_end(tmp_path, ethanol):
     result = spktrain(tmp_path, "experiment=joint_ani", *QUICK, *SMALL_TASKS, "run.id=j")
     assert "test_wb97x_6-31gs_energy_mae" in result.stdout
@@ -55,6 +61,7 @@ def test_joint_ani_runs_end_to_end(tmp_path, ethanol):
     assert np.abs(energies(tmp_path / "runs" / "j" / "best_model", frames)).max() < 50
 
 
+@pytest.mark.slow
 def test_finetune_from_reptile_refits_the_target_reference(pretrained, tmp_path, ethanol):
     result = spktrain(tmp_path, "experiment=finetune_ani", f"pretrained={pretrained}", *QUICK,
                       "data.num_train=25", "data.num_val=10", "data.num_test=15", "run.id=ft")
@@ -68,6 +75,7 @@ def test_finetune_from_reptile_refits_the_target_reference(pretrained, tmp_path,
     assert "mp2_6-31gs" in (run / "energy_references.json").read_text()
 
 
+@pytest.mark.slow
 def test_finetune_with_relative_path_and_frozen_layers(pretrained, tmp_path):
     (tmp_path / "pre").mkdir()
     (tmp_path / "pre" / "best_model").write_bytes(pretrained.read_bytes())
@@ -84,25 +92,42 @@ def test_finetune_with_relative_path_and_frozen_layers(pretrained, tmp_path):
     assert not torch.equal(a["output_modules.0.atomics.C.layers.0.weight"], b["output_modules.0.atomics.C.layers.0.weight"])
 
 
+@pytest.mark.slow
 def test_transfer_ani_pretrains_on_one_level(tmp_path):
     result = spktrain(tmp_path, "experiment=transfer_ani", *QUICK, *SMALL_TASKS, "run.id=t")
     assert "test_forces_rmse" in result.stdout
     assert "wb97x_6-31gs" in (tmp_path / "runs" / "t" / "energy_references.json").read_text()
 
 
-def test_load_pretrained_errors(tmp_path, pretrained):
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    """An ANI potential saved like SchNetPack's best_model, recording the elements it was
+    trained on as our tasks do (H, C, O: the embedded ethanol data)."""
+    torch.manual_seed(0)
+    rep = ANI(preset="ani1x")
+    model = NeuralNetworkPotential(
+        representation=rep, input_modules=[PairwiseDistances()],
+        output_modules=[ElementwiseAtomwise(n_in=rep.n_atom_basis, preset="ani1x"), Forces()],
+    )
+    model.trained_elements = [1, 6, 8]
+    path = tmp_path_factory.mktemp("saved") / "best_model"
+    torch.save(model, path)
+    return path
+
+
+def test_load_pretrained_errors(tmp_path, saved_model):
     with pytest.raises(FileNotFoundError, match="nope"):
         load_pretrained(tmp_path / "nope")
     with pytest.raises(ValueError, match="freeze: no parameter of best_model starts with 'xyz'"):
-        load_pretrained(pretrained, freeze=["xyz"])
+        load_pretrained(saved_model, freeze=["xyz"])
     bad = tmp_path / "bad.pt"
     torch.save({"a": 1}, bad)
-    with pytest.raises(ValueError, match="bad.pt: not a SchNetPack model"):
+    with pytest.raises(ValueError, match="bad.pt: holds no SchNetPack model"):
         load_pretrained(bad)
 
 
-def test_new_elements_are_named_when_fine_tuning(pretrained):
-    model = load_pretrained(pretrained)
+def test_new_elements_are_named_when_fine_tuning(saved_model):
+    model = load_pretrained(saved_model)
 
     class Data:
         def task_elements(self):
@@ -116,6 +141,7 @@ def test_new_elements_are_named_when_fine_tuning(pretrained):
         assert warn_untrained_elements(model, Data()) == set()
 
 
+@pytest.mark.slow
 def test_python_api_example_runs(tmp_path, cache_root):
     import subprocess
     import sys

@@ -41,6 +41,9 @@ TINY_TASKS = ["data.num_train=24", "data.num_val=8", "data.num_test=8", "data.ba
 
 
 def test_our_experiment_fits_tests_saves_and_resumes(tmp_path, ethanol):
+    """The one end-to-end `spktrain` smoke test of `make test` (the rest are marked slow):
+    our experiment file, task, data module and checkpoint plugin, fit -> test -> best_model
+    -> SpkCalculator -> resume."""
     import ase.io
 
     atoms = ase.io.read(ethanol["target_mp2_631gs_test_300K"].extxyz, 0)
@@ -66,6 +69,7 @@ def test_our_experiment_fits_tests_saves_and_resumes(tmp_path, ethanol):
     assert "Epoch 1/1" in log and "Epoch 0/1" not in log
 
 
+@pytest.mark.slow
 def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db):
     """The README's one-line override makes a stock SchNetPack experiment finish."""
     result = run_cli(
@@ -84,6 +88,7 @@ def test_stock_schnetpack_experiment_with_the_readme_override(tmp_path, tiny_db)
     assert "test_energy_mae" in result.stdout
 
 
+@pytest.mark.slow
 def test_stock_experiment_turns_to_reptile_with_one_override(tmp_path):
     """md17 (kcal/mol, RemoveOffsets, AddOffsets(add_mean)) + task=reptile + task data."""
     result = run_cli(
