@@ -107,6 +107,11 @@ def test_old_format_split_is_reused_after_a_count_check_with_a_warning(tiny_db, 
     np.testing.assert_array_equal(dm.splits["mp2"]["val"], np.arange(24, 32))
     with pytest.raises(TaskSplitMismatch, match="asks for 20/8/8"):
         make_dm({"mp2": tiny_db}, num_train=20)
+    np.savez(in_tmp / "task_splits.npz", tasks=np.array(["mp2"]), **{
+        "mp2/train_idx": np.arange(0, 24), "mp2/val_idx": np.arange(24, 32), "mp2/test_idx": np.arange(92, 100)})
+    with pytest.raises(TaskSplitMismatch, match=r"split 'test' names database rows \[92, 93, 94, 95, 96\] that "
+                                                r".*tiny\.db does not provide; delete the file"):
+        make_dm({"mp2": tiny_db})
 
 
 def test_save_splits_round_trip_and_bad_files(tmp_path):

@@ -39,16 +39,7 @@ from schnetpack.transform import RemoveOffsets
 
 from spk_meta.data.atomrefs import AtomicEnergies, energy_references_as_dict, fit_split_reference, save_energy_references
 from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
-from spk_meta.data.splits import (
-    SPLIT_NAMES,
-    TaskSplit,
-    TaskSplitMismatch,
-    check_saved_split,
-    draw_split,
-    load_splits,
-    save_splits,
-    split_counts,
-)
+from spk_meta.data.splits import SPLIT_NAMES, TaskSplitMismatch, load_or_draw_splits, split_counts
 from spk_meta.data.task_dataset import PathLike, TaskDataError, TaskDataset, TaskSubset, start_directory
 
 log = logging.getLogger(__name__)
@@ -314,44 +305,14 @@ class TaskDataModule(pl.LightningDataModule):
         """Positions (into each task's frames) per split: the saved split, checked against
         this run, or a new one (saved only once every task's split could be drawn)."""
         counts = {name: self._requested_counts(name) for name in self.dataset}
-        path = Path(self.split_file) if self.split_file else None
-        if path is not None and path.exists():
-            splits = self._reuse_splits(path, counts)
-            log.info("Reusing the task splits in %s", path.absolute())
-            return splits
         rng = np.random.default_rng(self.split_seed) if self.split_seed is not None else np.random
-        splits = {name: dict(zip(SPLITS, draw_split(len(self.dataset[name]), counts[name], rng))) for name in self.dataset}
-        if path is not None:
-            save_splits(path, {
-                name: TaskSplit(*(data.db_index[splits[name][s]] for s in SPLITS), identity=data.identity())
-                for name, data in self.dataset.items()
-            })
-        return splits
-
-    def _reuse_splits(self, path: Path, counts) -> Dict[str, Dict[str, np.ndarray]]:
-        saved = load_splits(path)
-        if sorted(saved) != sorted(self.dataset):
-            raise TaskSplitMismatch(
-                f"{path}: the saved split is for tasks [{', '.join(saved)}] but this run has "
-                f"[{', '.join(self.dataset)}]; use a new run directory (run.id) or delete the file"
-            )
-        splits = {}
-        for name, data in self.dataset.items():
-            check_saved_split(path, name, saved[name], data.identity(), counts[name])
-            position = {int(r): i for i, r in enumerate(data.db_index)}
-            parts = {}
-            for split in SPLITS:
-                rows = saved[name][split]
-                missing = [int(r) for r in rows if int(r) not in position]
-                if missing:
-                    raise TaskSplitMismatch(
-                        f"{path}: task '{name}' split '{split}' names database rows "
-                        f"{missing[:5]} that {data.path} does not provide; delete the file "
-                        "or use a new run.id to start fresh"
-                    )
-                parts[split] = np.array([position[int(r)] for r in rows], dtype=np.int64)
-            splits[name] = parts
-        return splits
+        return load_or_draw_splits(
+            self.split_file,
+            {name: data.db_index for name, data in self.dataset.items()},
+            {name: data.identity() for name, data in self.dataset.items()},
+            counts,
+            rng,
+        )
 
     def _fit_references(self) -> None:
         for name, data in self.dataset.items():

@@ -29,6 +29,7 @@ Reading a split in your own code::
 """
 
 import hashlib
+import logging
 import math
 import warnings
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from spk_meta.data.errors import TaskDataError, TaskSplitMismatch
 from spk_meta.utils import atomic_path
 
 PathLike = Union[str, Path]
+log = logging.getLogger(__name__)
 
 #: version written by :func:`save_splits`
 SPLITS_FORMAT_VERSION = 2
@@ -276,3 +278,66 @@ def check_saved_split(
             "reused after checking its counts only",
             stacklevel=2,
         )
+
+
+def rows_to_positions(
+    path: PathLike, name: str, split: str, rows: np.ndarray, db_index: np.ndarray, database: str = "the task"
+) -> np.ndarray:
+    """Positions in a task's frames (``db_index``: database row of each frame) of ``rows``.
+
+    Raises:
+        TaskSplitMismatch: a row the task does not serve (named, with how to start fresh).
+    """
+    position = {int(r): i for i, r in enumerate(db_index)}
+    missing = [int(r) for r in rows if int(r) not in position]
+    if missing:
+        raise TaskSplitMismatch(
+            f"{path}: task '{name}' split '{split}' names database rows {missing[:5]} that "
+            f"{database} does not provide; delete the file or use a new run.id to start fresh"
+        )
+    return np.array([position[int(r)] for r in rows], dtype=np.int64)
+
+
+def load_or_draw_splits(
+    path: Optional[PathLike],
+    db_index: Mapping[str, np.ndarray],
+    identities: Mapping[str, DatabaseIdentity],
+    counts: Mapping[str, Sequence[int]],
+    rng=None,
+) -> Dict[str, Dict[str, np.ndarray]]:
+    """Every task's split as positions into its frames: ``{task: {split: (n,) int64}}``.
+
+    If ``path`` exists, its split is reused after :func:`check_saved_split` for every task
+    (same tasks, counts and database content); else a split is drawn with ``rng`` for every
+    task and, if ``path`` is given, saved only then (nothing is written when a task fails).
+
+    Args:
+        path: the split file, or ``None`` (draw, don't save).
+        db_index: per task, the database row of each frame it serves, ``(n_frames,)``.
+        identities: per task, its database as this run sees it.
+        counts: per task, ``(n_train, n_val, n_test)`` (:func:`split_counts`).
+        rng: as in :func:`draw_split`.
+    """
+    path = Path(path) if path else None
+    if path is not None and path.exists():
+        saved = load_splits(path)
+        if sorted(saved) != sorted(db_index):
+            raise TaskSplitMismatch(
+                f"{path}: the saved split is for tasks [{', '.join(saved)}] but this run has "
+                f"[{', '.join(db_index)}]; use a new run directory (run.id) or delete the file"
+            )
+        out = {}
+        for name, rows in db_index.items():
+            check_saved_split(path, name, saved[name], identities[name], counts[name])
+            out[name] = {
+                s: rows_to_positions(path, name, s, saved[name][s], rows, identities[name].path) for s in SPLIT_NAMES
+            }
+        log.info("Reusing the task splits in %s", path.absolute())
+        return out
+    out = {name: dict(zip(SPLIT_NAMES, draw_split(len(rows), counts[name], rng))) for name, rows in db_index.items()}
+    if path is not None:
+        save_splits(path, {
+            name: TaskSplit(*(rows[out[name][s]] for s in SPLIT_NAMES), identity=identities[name])
+            for name, rows in db_index.items()
+        })
+    return out
