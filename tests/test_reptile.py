@@ -318,6 +318,7 @@ def test_two_process_ddp_equals_hand_computed_batched_reptile(make_dm):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow  # three 2-process fits; the DDP update itself is checked by the test above
 def test_two_process_ddp_resume_equals_uninterrupted(make_dm, tmp_path):
     """Every rank's optimiser, sampler and batch streams are in the checkpoint."""
     from spk_meta.train import ReptileDDPStrategy
