@@ -1,4 +1,5 @@
-"""``spkmeta convert FORMAT INPUT OUTDIR``: a published dataset -> one database per level."""
+"""``spkmeta convert FORMAT INPUT OUTDIR``: a published dataset -> one database per level,
+or (``--format packed``) one packed task store per source."""
 
 import argparse
 import math
@@ -9,9 +10,13 @@ EPILOG = """examples:
   spkmeta convert ani1x ani1x-release.h5 data/ --only wb97x_dz,ccsd(t)_cbs --elements H,C,N,O
   spkmeta convert rmd17 rmd17/npz_data/rmd17_ethanol.npz data/
   spkmeta convert ase frames.extxyz data/ --level "wB97X/6-31g*"
+  spkmeta convert ani1x ani1x-release.h5 data/ --format packed
 Outputs are named by the level-of-theory slug (wb97x_dz.db, ccsd-t_cbs.db, ...); energies
 in eV, forces in eV/Ang, positions in Ang, the level of theory in the metadata.
-OUTDIR/convert_manifest.json lists the databases (level, frames, source, options);
+--format packed writes one store per source instead (ani1x-release.spkstore: positions
+once, one label set per level named by its slug, NaN where a structure has no usable
+label at that level), reading whole conformer groups: many times faster.
+OUTDIR/convert_manifest.json lists the databases/stores (level, frames, source, options);
 with --overwrite, OUTDIR holds exactly this run's databases afterwards. One conversion
 at a time per OUTDIR (a lock); a killed one's temporary files go on the next run."""
 
@@ -56,7 +61,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("format", choices=list(READERS), metavar="FORMAT", help="one of: " + ", ".join(READERS))
     p.add_argument("input", help="the input file (or directory for qm7x and rmd17)")
-    p.add_argument("outdir", help="output directory for the .db files")
+    p.add_argument("outdir", help="output directory for the .db files (or the .spkstore)")
     p.add_argument("--level", help="level-of-theory name, METHOD/BASIS (required for anidataset; names ase input)")
     p.add_argument("--only", help="comma-separated level keys of a multi-level source (ani1x: wb97x_dz,...)")
     p.add_argument("--elements", help="keep structures made only of these elements, e.g. H,C,N,O")
@@ -69,6 +74,9 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing databases; afterwards OUTDIR holds only this run's databases "
                         "(earlier converted ones are removed, other files kept and named)")
+    p.add_argument("--format", "--output-format", dest="output_format", choices=["db", "packed"], default="db",
+                   help="what to write (FORMAT above is the input layout): db = one SchNetPack database "
+                        "per level (default); packed = one packed task store per source, a label set per level")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -82,6 +90,8 @@ def command_line(args) -> str:
             words += ["--" + name.replace("_", "-"), str(value)]
     if args.format == "ase":
         words += ["--energy-unit", args.energy_unit, "--distance-unit", args.distance_unit]
+    if getattr(args, "output_format", "db") != "db":
+        words += ["--format", args.output_format]
     words += ["--overwrite"] if args.overwrite else []
     return shlex.join(words)
 
@@ -98,7 +108,7 @@ def run(args) -> int:
             only=args.only.split(",") if args.only else None, elements=args.elements,
             max_frames=args.max_frames, seed=args.seed, max_force=args.max_force,
             energy_cut=args.energy_cut, overwrite=args.overwrite, progress=not args.no_progress,
-            command=command_line(args), **extra,
+            command=command_line(args), output_format=args.output_format, **extra,
         )
     except (ConversionError, FileExistsError) as err:
         print(f"spkmeta convert: error: {err}", file=sys.stderr)

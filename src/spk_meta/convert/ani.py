@@ -10,7 +10,9 @@ from typing import Dict, Iterator
 import numpy as np
 from ase.units import Hartree
 
-from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
+from spk_meta.convert.base import (
+    ConversionError, LevelSpec, Reader, SourceFrame, SourceGroup, conformers, dataset, open_hdf5, split_groups,
+)
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 #: ANI-1x/1ccx property prefixes: (name, method, basis). The name keeps the dataset's
@@ -60,7 +62,7 @@ class ANI1xReader(Reader):
         with open_hdf5(self.path) as f:
             return sum(g["coordinates"].shape[0] for g in f.values() if "coordinates" in g)
 
-    def frames(self) -> Iterator[SourceFrame]:
+    def groups(self) -> Iterator[SourceGroup]:
         levels = self.levels()
         with open_hdf5(self.path) as f:
             for name, group in f.items():
@@ -76,13 +78,10 @@ class ANI1xReader(Reader):
                     if spec.has_forces and f"{key}.forces" in group:
                         fo = dataset(group, f"{key}.forces", self.path, (n_conf, n, 3)) * Hartree
                     labels[key] = (e, fo)
-                for i in range(n_conf):
-                    yield SourceFrame(
-                        numbers=numbers,
-                        positions=coords[i].astype(np.float64),
-                        labels={k: (float(e[i]), None if fo is None else fo[i]) for k, (e, fo) in labels.items()},
-                        where=f"{self.path}:{group.name}[{i}]",
-                    )
+                yield SourceGroup(numbers, coords.astype(np.float64), labels, where=f"{self.path}:{group.name}")
+
+    def frames(self) -> Iterator[SourceFrame]:
+        return split_groups(self.groups())
 
 
 class ANIDatasetReader(Reader):

@@ -4,12 +4,18 @@ A reader turns one published dataset layout into :class:`SourceFrame` objects in
 unit system (Ang, eV, eV/Ang), each carrying the labels of every level of theory the
 source has for that structure. :func:`spk_meta.convert.convert` does the rest (filters,
 subsets, one database per level, the summary), so readers stay small.
+
+Readers of conformer-group layouts (ANI-1x, Transition1x, SPICE) also yield whole groups
+(:class:`SourceGroup`: one composition, ``n_conf`` conformers as arrays) from
+:meth:`Reader.groups`, which the packed writer consumes without per-frame Python work; their
+``frames()`` is built from ``groups()`` (:func:`split_groups`), so both paths read the
+same numbers. Other readers get ``groups()`` from their frames (:func:`group_frames`).
 """
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -48,6 +54,81 @@ class SourceFrame:
     where: str = ""
     cell: Optional[np.ndarray] = None
     pbc: Optional[np.ndarray] = None
+
+
+@dataclass
+class SourceGroup:
+    """Consecutive structures of one composition (the ANI-1x/HDF5 conformer layout).
+
+    Attributes:
+        numbers: atomic numbers, shape ``(n_atoms,)``.
+        positions: Ang, shape ``(n_conf, n_atoms, 3)``.
+        labels: ``{level key: (energies in eV (n_conf,), forces in eV/Ang
+            (n_conf, n_atoms, 3) or None)}``; a level the group lacks is left out. NaN marks
+            a missing value, as in :class:`SourceFrame`.
+        where: names the group in messages; frame ``i`` is ``f"{where}[{i}]"``.
+        cell: Ang, ``(n_conf, 3, 3)`` or None; pbc: ``(n_conf, 3)`` or None.
+    """
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    labels: Dict[str, Tuple[np.ndarray, Optional[np.ndarray]]]
+    where: str = ""
+    cell: Optional[np.ndarray] = None
+    pbc: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+
+def split_groups(groups: Iterable[SourceGroup]) -> Iterator[SourceFrame]:
+    """The frames of ``groups``, in order (``frames()`` of readers that define ``groups()``)."""
+    for g in groups:
+        for i in range(len(g)):
+            yield SourceFrame(
+                numbers=g.numbers,
+                positions=g.positions[i],
+                labels={k: (float(e[i]), None if fo is None else fo[i]) for k, (e, fo) in g.labels.items()},
+                where=f"{g.where}[{i}]",
+                cell=None if g.cell is None else g.cell[i],
+                pbc=None if g.pbc is None else g.pbc[i],
+            )
+
+
+def group_frames(frames: Iterable[SourceFrame], max_size: int = 1024) -> Iterator[SourceGroup]:
+    """Consecutive frames of the same composition and label layout as groups of at most
+    ``max_size`` (``groups()`` of readers that only define ``frames()``)."""
+    batch: List[SourceFrame] = []
+
+    def layout(fr: SourceFrame):
+        return (fr.numbers.tobytes(), tuple((k, f is None) for k, (_, f) in fr.labels.items()),
+                fr.cell is None, fr.pbc is None)
+
+    def flush() -> SourceGroup:
+        first = batch[0]
+        return SourceGroup(
+            numbers=np.asarray(first.numbers),
+            positions=np.stack([np.asarray(fr.positions, dtype=np.float64) for fr in batch]),
+            labels={
+                k: (np.array([fr.labels[k][0] for fr in batch], dtype=np.float64),
+                    None if f is None else np.stack([fr.labels[k][1] for fr in batch]))
+                for k, (_, f) in first.labels.items()
+            },
+            where=first.where,
+            cell=None if first.cell is None else np.stack([np.asarray(fr.cell, dtype=np.float64).reshape(3, 3) for fr in batch]),
+            pbc=None if first.pbc is None else np.stack([np.asarray(fr.pbc, dtype=bool).reshape(3) for fr in batch]),
+        )
+
+    current = None
+    for fr in frames:
+        key = layout(fr)
+        if batch and (key != current or len(batch) >= max_size):
+            yield flush()
+            batch = []
+        batch.append(fr)
+        current = key
+    if batch:
+        yield flush()
 
 
 class Reader(ABC):
@@ -89,6 +170,14 @@ class Reader(ABC):
     @abstractmethod
     def frames(self) -> Iterator[SourceFrame]:
         """Stream the structures, one group or file in memory at a time."""
+
+    def groups(self) -> Iterator[SourceGroup]:
+        """Stream the structures as :class:`SourceGroup` s, in the order of ``frames()``.
+
+        Conformer-group layouts override this (and build ``frames()`` on it); the default
+        groups consecutive frames of one composition.
+        """
+        return group_frames(self.frames())
 
     def _select(self, found: Dict[str, LevelSpec]) -> Dict[str, LevelSpec]:
         if not found:

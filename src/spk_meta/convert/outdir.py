@@ -5,11 +5,12 @@
 * a lock (``fcntl.flock`` on ``OUTDIR/.spkmeta-convert.lock``, which holds the owner's
   pid and is removed on release): a second conversion into the same folder fails at once
   with a message naming the folder and that pid;
-* under the lock, temporary databases of killed conversions (``.NAME.PID-XXXXXXXX.tmp.db``
-  whose PID no longer runs) are removed;
+* under the lock, temporary databases and packed stores of killed conversions
+  (``.NAME.PID-XXXXXXXX.tmp.db``, ``.NAME.spkstore.PID-XXXXXXXX.tmp`` whose PID no longer
+  runs) are removed;
 * after a successful run, :meth:`OutputFolder.commit` writes ``convert_manifest.json``
-  (atomically) listing every database in the folder with its level, frame count, source,
-  options, command and spk-meta version. With ``overwrite`` the folder is made to hold
+  (atomically) listing every database or packed store (``*.spkstore``) in the folder with
+  its level(s), frame count, source, options, command and spk-meta version. With ``overwrite`` the folder is made to hold
   exactly what this run wrote: databases of earlier conversions that this run did not
   write are removed, but only if they are ours (listed unchanged in the previous manifest,
   or a database whose metadata says ``spkmeta convert`` wrote it); any other file is kept
@@ -20,10 +21,12 @@
 import datetime
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from spk_meta.convert.base import ConversionError, PathLike
+from spk_meta.data.store import META_FILE, STORE_SUFFIX, remove_stale_temporaries
 from spk_meta.data.writer import pid_alive, stale_temporary_files
 
 try:
@@ -69,6 +72,29 @@ def _is_converted_database(path: Path) -> bool:
         return False
 
 
+def _is_converted_store(path: Path) -> bool:
+    """True if ``path`` is a packed store whose ``store.json`` says ``spkmeta convert`` wrote it."""
+    try:
+        meta = json.loads((path / META_FILE).read_text())
+        return meta["source"]["written_by"] == "spkmeta convert"
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def output_size(path: Path) -> int:
+    """Bytes of a database file, or of every file in a packed store folder."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _remove_output(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
 class OutputFolder:
     """The lock, the clean-up and the manifest of one conversion into ``path``.
 
@@ -102,6 +128,7 @@ class OutputFolder:
             for p in stale:
                 p.unlink(missing_ok=True)
                 self.removed_temporaries.append(p.name)
+            self.removed_temporaries += [p.name for p in remove_stale_temporaries(self.path)]
         except BaseException:
             self._unlock()
             raise
@@ -162,18 +189,19 @@ class OutputFolder:
         return manifest if isinstance(manifest, dict) and isinstance(manifest.get("files"), dict) else {}
 
     def _stale_outputs(self, written: Dict[str, Dict], previous: Dict[str, Any]) -> Tuple[List[Path], List[str]]:
-        """With ``overwrite``: our databases this run did not write (to remove), and the
-        other ``.db`` files (kept, named)."""
+        """With ``overwrite``: our databases and packed stores this run did not write (to
+        remove), and the other ``.db`` files and ``.spkstore`` folders (kept, named)."""
         listed = previous.get("files", {})
         remove, kept = [], []
-        candidates = {p.name for p in self.path.glob("*.db")} | set(listed)
+        candidates = {p.name for p in self.path.glob("*.db")} | {p.name for p in self.path.glob(f"*{STORE_SUFFIX}")}
+        candidates |= set(listed)
         for name in sorted(candidates - set(written)):
             p = self.path / name
-            if not p.is_file() or Path(name).name != name:
+            if Path(name).name != name or not (p.is_file() or (p.suffix == STORE_SUFFIX and p.is_dir())):
                 continue
             entry = listed.get(name)
-            unchanged = isinstance(entry, dict) and entry.get("size_bytes") == p.stat().st_size
-            if unchanged or (p.suffix == ".db" and _is_converted_database(p)):
+            unchanged = isinstance(entry, dict) and entry.get("size_bytes") == output_size(p)
+            if unchanged or (p.suffix == ".db" and _is_converted_database(p)) or (p.is_dir() and _is_converted_store(p)):
                 remove.append(p)
             else:
                 kept.append(name)
@@ -184,7 +212,7 @@ class OutputFolder:
         write the manifest.
 
         Args:
-            written: ``{file name: entry}`` for every database this run wrote (the entry:
+            written: ``{file name: entry}`` for every database (or packed store) this run wrote (the entry:
                 level, frames, ...; ``size_bytes`` is added here).
             overwrite: whether the run was asked to replace the folder's databases.
             run: what the run was (command, options, ...), stored as ``last_run``.
@@ -199,12 +227,12 @@ class OutputFolder:
         if overwrite:
             stale, kept = self._stale_outputs(written, previous)
             for p in stale:
-                p.unlink(missing_ok=True)
+                _remove_output(p)
                 removed.append(p.name)
         else:
-            files = {name: e for name, e in previous.get("files", {}).items() if (self.path / name).is_file()}
+            files = {name: e for name, e in previous.get("files", {}).items() if (self.path / name).exists()}
         for name, entry in written.items():
-            files[name] = {**entry, "size_bytes": (self.path / name).stat().st_size}
+            files[name] = {**entry, "size_bytes": output_size(self.path / name)}
         from spk_meta import __version__
 
         manifest = {

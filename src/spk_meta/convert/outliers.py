@@ -39,6 +39,8 @@ class OutlierReport:
     first_row: int
     most_extreme: float
     energy_cut: Optional[float]
+    #: where the first flagged frame is, when not a database row (a packed store's frame)
+    first_at: Optional[str] = None
 
     def line(self, database_name: str) -> str:
         hint = (
@@ -49,7 +51,7 @@ class OutlierReport:
         return (
             f"  warning: {self.count} energies lie far outside this level's distribution "
             f"(per atom, after a per-element fit, more than {self.threshold:.3g} eV/atom from the median; "
-            f"first at row {self.first_row} of {database_name}, most extreme {self.most_extreme:.6g} eV): "
+            f"first at {self.first_at or f'row {self.first_row} of {database_name}'}, most extreme {self.most_extreme:.6g} eV): "
             f"check the source; {hint}"
         )
 
@@ -77,14 +79,25 @@ class EnergyOutliers:
 
     def add(self, numbers: np.ndarray, energy: float) -> None:
         """Record one written frame: atomic numbers ``(n_atoms,)``, energy in eV."""
+        self._frame_ids.append(self._composition_id(numbers))
+        self._energies.append(float(energy))
+
+    def add_group(self, numbers: np.ndarray, energies: np.ndarray) -> None:
+        """Record written frames of one composition: atomic numbers ``(n_atoms,)``,
+        energies in eV ``(n_frames,)`` (same as :meth:`add` per frame, without the loop)."""
+        energies = np.asarray(energies, dtype=np.float64).reshape(-1)
+        if len(energies):
+            self._frame_ids.frombytes(np.full(len(energies), self._composition_id(numbers), dtype=np.int32).tobytes())
+            self._energies.frombytes(energies.tobytes())
+
+    def _composition_id(self, numbers: np.ndarray) -> int:
         counts = np.bincount(np.asarray(numbers, dtype=np.int64))
         key = counts.tobytes()
         cid = self._ids.get(key)
         if cid is None:
             cid = self._ids[key] = len(self._compositions)
             self._compositions.append(counts)
-        self._frame_ids.append(cid)
-        self._energies.append(float(energy))
+        return cid
 
     def report(self) -> Optional[OutlierReport]:
         """The flagged frames, or ``None`` when there are none (or too few frames)."""

@@ -1,4 +1,5 @@
-"""``convert()``: a source layout -> one SchNetPack database per level of theory."""
+"""``convert()``: a source layout -> one SchNetPack database per level of theory, or one
+packed task store (:mod:`spk_meta.data.store`) per source holding every level as a label set."""
 
 import contextlib
 import numbers
@@ -13,18 +14,24 @@ from tqdm.auto import tqdm
 
 from spk_meta.convert.ani import ANI1xReader, ANIDatasetReader
 from spk_meta.convert.ase_files import ASEReader
-from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame
+from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame, SourceGroup
 from spk_meta.convert.outdir import OutputFolder, check_outdir
 from spk_meta.convert.outliers import EnergyOutliers, OutlierReport
+from spk_meta.convert.packed import label_sets, write_packed
 from spk_meta.convert.qm7x import QM7XReader
 from spk_meta.convert.rmd17 import RMD17Reader
 from spk_meta.convert.spice import SpiceReader
 from spk_meta.convert.transition1x import Transition1xReader
+from spk_meta.data.store import STORE_SUFFIX, StoreWriter, file_identity
 from spk_meta.data.writer import DatabaseWriter
 
 READERS: Dict[str, Type[Reader]] = {
     r.name: r for r in (ANI1xReader, ANIDatasetReader, QM7XReader, Transition1xReader, RMD17Reader, SpiceReader, ASEReader)
 }
+
+#: what ``convert(..., output_format=...)`` writes: ``db`` (one SchNetPack ASE database per
+#: level) or ``packed`` (one packed store per source, a label set per level)
+OUTPUT_FORMATS = ("db", "packed")
 
 
 @dataclass
@@ -41,9 +48,12 @@ class LevelSummary:
     has_forces: bool = True
     #: energies far outside the level's distribution (written, but worth a look)
     outliers: Optional[OutlierReport] = None
+    #: the label set in the packed store (``None``: ``database`` is a per-level database)
+    label_set: Optional[str] = None
 
     def lines(self) -> List[str]:
-        out = [f"{self.level}: {self.written} frames -> {self.database or 'nothing written'}"]
+        where = f"{self.database} (label set {self.label_set})" if self.database and self.label_set else self.database
+        out = [f"{self.level}: {self.written} frames -> {where or 'nothing written'}"]
         if self.written:
             out.append(
                 f"  elements {' '.join(chemical_symbols[z] for z in sorted(self.elements))}; "
@@ -127,13 +137,30 @@ def _max_force(forces: np.ndarray) -> float:
 
 
 def _energy_windows(reader: Reader, keys: Sequence[str], cut: float) -> Dict[str, tuple]:
-    """First pass for the energy cut: median energy per atom of each level +- ``cut``."""
+    """First pass for the energy cut: median energy per atom of each level +- ``cut``
+    (over every finite energy of the source, before subsets and filters)."""
     per_atom: Dict[str, list] = {k: [] for k in keys}
-    for frame in reader.frames():
-        for k, (e, _) in frame.labels.items():
-            if k in per_atom and np.isfinite(e):
-                per_atom[k].append(e / len(frame.numbers))
-    return {k: (float(np.median(v)) - cut, float(np.median(v)) + cut) for k, v in per_atom.items() if v}
+    for group in reader.groups():
+        for k, (e, _) in group.labels.items():
+            if k in per_atom:
+                e = np.asarray(e, dtype=np.float64)
+                per_atom[k].append(e[np.isfinite(e)] / len(group.numbers))
+    windows = {}
+    for k, parts in per_atom.items():
+        values = np.concatenate(parts) if parts else np.empty(0)
+        if len(values):
+            median = float(np.median(values))
+            windows[k] = (median - cut, median + cut)
+    return windows
+
+
+def _subset(total: int, max_frames: Optional[int], seed: Optional[int]) -> Optional[np.ndarray]:
+    """Indices of the structures ``--max-frames`` (with ``--seed``) keeps, or ``None``: all."""
+    if max_frames is None or max_frames >= total:
+        return None
+    if seed is None:
+        return np.arange(max_frames)
+    return np.random.default_rng(seed).choice(total, size=max_frames, replace=False)
 
 
 def convert(
@@ -152,9 +179,11 @@ def convert(
     progress: bool = True,
     chunk_size: int = 1000,
     command: Optional[str] = None,
+    output_format: str = "db",
     **reader_options,
 ) -> ConversionSummary:
-    """Convert ``source`` (layout ``format``) into ``OUTDIR/<level slug>.db`` databases.
+    """Convert ``source`` (layout ``format``) into ``OUTDIR/<level slug>.db`` databases,
+    or (``output_format="packed"``) into one packed store ``OUTDIR/<source stem>.spkstore``.
 
     Args:
         format: one of :data:`READERS` (``ani1x``, ``anidataset``, ``qm7x``,
@@ -174,6 +203,12 @@ def convert(
             are removed (see :mod:`spk_meta.convert.outdir`); otherwise existing databases
             are refused before anything is written, and never replaced at the final rename.
         command: the command line, recorded in the manifest.
+        output_format: ``db`` (one SchNetPack ASE database per level) or ``packed`` (one
+            :class:`~spk_meta.data.store.PackedStore` for the source: positions stored
+            once, one label set per level named by its slug, NaN where a structure has no
+            usable label at that level; a structure without a usable label at every kept
+            level is left out). Same filters, counts and folder semantics; the packed path
+            reads whole conformer groups and filters them vectorised.
 
     Returns:
         a :class:`ConversionSummary` (``str()`` gives the report ``spkmeta convert`` prints).
@@ -189,11 +224,16 @@ def convert(
     _check_positive("energy_cut", energy_cut)
     if format not in READERS:
         raise ConversionError(f"unknown format '{format}'; choose one of: {', '.join(READERS)}")
+    if output_format not in OUTPUT_FORMATS:
+        raise ConversionError(f"unknown output format '{output_format}'; choose one of: {', '.join(OUTPUT_FORMATS)}")
     outdir = check_outdir(outdir)
     reader = READERS[format](source, level=level, only=only, **reader_options)
     specs = reader.levels()
     keep_elements = parse_elements(elements)
-    targets = {k: outdir / f"{spec.level.slug}.db" for k, spec in specs.items()}
+    if output_format == "packed":
+        targets = {None: outdir / f"{Path(source).stem}{STORE_SUFFIX}"}
+    else:
+        targets = {k: outdir / f"{spec.level.slug}.db" for k, spec in specs.items()}
     options = {
         "level": level, "only": list(only) if only else None,
         "elements": sorted(chemical_symbols[z] for z in keep_elements) if keep_elements else None,
@@ -201,6 +241,13 @@ def convert(
         "overwrite": overwrite, **{k: str(v) for k, v in reader_options.items()},
     }
     with OutputFolder(outdir) as folder:
+        if output_format == "packed":
+            levels, skipped, n_read, written = _convert_packed_locked(
+                reader, specs, targets[None], format, source, keep_elements, max_frames, seed, max_force,
+                energy_cut, overwrite, progress, options, command,
+            )
+            return _finish(folder, source, format, options, command, output_format, levels, skipped, n_read,
+                           written, overwrite)
         levels, skipped, n_read = _convert_locked(
             reader, specs, targets, format, source, keep_elements, max_frames, seed, max_force,
             energy_cut, overwrite, progress, chunk_size,
@@ -216,16 +263,23 @@ def convert(
             }
             for k, s in levels.items() if s.database is not None
         }
-        run = {
-            "command": command, "source": str(Path(source).absolute()), "format": format, "options": options,
-            "written": sorted(written),
-            "nothing_written": [s.level for s in levels.values() if s.database is None],
-        }
-        removed, kept = folder.commit(written, overwrite, run)
-        return ConversionSummary(
-            Path(source), format, n_read, levels, skipped, manifest=folder.manifest_path,
-            removed=removed, removed_temporaries=folder.removed_temporaries, kept=kept,
-        )
+        return _finish(folder, source, format, options, command, output_format, levels, skipped, n_read,
+                       written, overwrite)
+
+
+def _finish(folder, source, format, options, command, output_format, levels, skipped, n_read, written, overwrite):
+    """Manifest and clean-up after a successful conversion -> the summary."""
+    run = {
+        "command": command, "source": str(Path(source).absolute()), "format": format,
+        "output_format": output_format, "options": options,
+        "written": sorted(written),
+        "nothing_written": [s.level for s in levels.values() if s.database is None],
+    }
+    removed, kept = folder.commit(written, overwrite, run)
+    return ConversionSummary(
+        Path(source), format, n_read, levels, skipped, manifest=folder.manifest_path,
+        removed=removed, removed_temporaries=folder.removed_temporaries, kept=kept,
+    )
 
 
 def _version() -> str:
@@ -244,12 +298,8 @@ def _convert_locked(
         if existing:
             raise ConversionError(f"{', '.join(existing)} already exist(s); pass --overwrite to replace")
     total = reader.count()
-    selected: Optional[Set[int]] = None
-    if max_frames is not None and max_frames < total:
-        if seed is None:
-            selected = set(range(max_frames))
-        else:
-            selected = set(np.random.default_rng(seed).choice(total, size=max_frames, replace=False).tolist())
+    subset = _subset(total, max_frames, seed)
+    selected: Optional[Set[int]] = None if subset is None else set(subset.tolist())
     windows = _energy_windows(reader, list(specs), energy_cut) if energy_cut is not None else {}
     summaries = {k: LevelSummary(spec.level.name, None, has_forces=spec.has_forces) for k, spec in specs.items()}
     outliers = {k: EnergyOutliers() for k in specs}
@@ -297,6 +347,71 @@ def _convert_locked(
         if s.database is not None:
             s.outliers = outliers[k].report()
     return summaries, skipped, n_read
+
+
+def _convert_packed_locked(
+    reader, specs, target, format, source, keep_elements, max_frames, seed, max_force, energy_cut,
+    overwrite, progress, options, command,
+):
+    """The packed conversion, with OUTDIR locked: -> (level summaries, skipped, frames read,
+    manifest entry)."""
+    if target.exists() and not overwrite:
+        raise ConversionError(f"{target} already exists; pass --overwrite to replace")
+    total = reader.count()
+    subset = _subset(total, max_frames, seed)
+    windows = _energy_windows(reader, list(specs), energy_cut) if energy_cut is not None else {}
+    summaries = {
+        k: LevelSummary(spec.level.name, None, has_forces=spec.has_forces, label_set=spec.level.slug)
+        for k, spec in specs.items()
+    }
+    skipped: Counter = Counter()
+    src = Path(source).absolute()
+    provenance = {
+        "written_by": "spkmeta convert",
+        "converted_from": format,
+        "source": file_identity(src) if src.is_file() else {"path": str(src)},
+        "levels": {spec.level.slug: {"level_key": k, **spec.level.to_metadata()} for k, spec in specs.items()},
+        "options": options,
+        "command": command,
+        "spk_meta_version": _version(),
+    }
+    with StoreWriter(target, label_sets(specs), distance_unit="Ang", source=provenance, overwrite=overwrite) as w:
+        bar = tqdm(total=total, desc=f"converting {Path(source).name}", unit="frame", disable=not progress)
+        try:
+            n_read, outliers, rows = write_packed(
+                reader.groups(), w, specs, summaries, skipped, subset, total, keep_elements, max_force, windows, bar,
+            )
+        finally:
+            bar.close()
+        if w.n_frames == 0:
+            w.abort()  # like an empty database: nothing written
+    n_frames = w.n_frames
+    if n_frames == 0:
+        return summaries, skipped, n_read, {}
+    for k, s in summaries.items():
+        if s.written:
+            s.database = target
+            s.outliers = outliers[k].report()
+            if s.outliers is not None:
+                s.outliers.first_at = (
+                    f"frame {int(rows[k][s.outliers.first_row - 1])} of {target.name} (label set {s.label_set})"
+                )
+    entry = {
+        "kind": "packed store", "frames": n_frames,
+        "label_sets": {
+            s.label_set: {
+                "level": s.level, "level_key": k, "frames": s.written, "has_forces": s.has_forces,
+                "elements": [chemical_symbols[z] for z in sorted(s.elements)],
+                "energy_range_eV": [s.energy_min, s.energy_max] if s.written else None,
+                "energy_outliers": s.outliers.count if s.outliers else 0,
+            }
+            for k, s in summaries.items()
+        },
+        "skipped_structures": dict(skipped),
+        "source": str(src), "format": format, "options": options,
+        "command": command, "spk_meta_version": _version(),
+    }
+    return summaries, skipped, n_read, {target.name: entry}
 
 
 def _write_levels(frame: SourceFrame, specs, writers, summaries, max_force, windows, outliers) -> None:

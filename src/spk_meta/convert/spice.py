@@ -8,7 +8,7 @@ from typing import Dict, Iterator
 import numpy as np
 from ase.units import Bohr, Hartree
 
-from spk_meta.convert.base import LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
+from spk_meta.convert.base import LevelSpec, Reader, SourceFrame, SourceGroup, conformers, dataset, open_hdf5, split_groups
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 
@@ -26,22 +26,19 @@ class SpiceReader(Reader):
         with open_hdf5(self.path) as f:
             return sum(g["conformations"].shape[0] for g in f.values() if "conformations" in g)
 
-    def frames(self) -> Iterator[SourceFrame]:
+    def groups(self) -> Iterator[SourceGroup]:
         (key, _), = self.levels().items()
         with open_hdf5(self.path) as f:
             for group in f.values():
                 numbers, conf = conformers(group, "atomic_numbers", "conformations", self.path)
                 energy = dataset(group, "dft_total_energy", self.path, (conf.shape[0],)) * Hartree
-                gradient = (
-                    dataset(group, "dft_total_gradient", self.path, conf.shape) * (Hartree / Bohr)
+                forces = (
+                    -(dataset(group, "dft_total_gradient", self.path, conf.shape) * (Hartree / Bohr))
                     if "dft_total_gradient" in group
                     else None
                 )
-                for i in range(conf.shape[0]):
-                    forces = None if gradient is None else -gradient[i]
-                    yield SourceFrame(
-                        numbers=numbers,
-                        positions=conf[i].astype(np.float64) * Bohr,
-                        labels={key: (float(energy[i]), forces)},
-                        where=f"{self.path}:{group.name}[{i}]",
-                    )
+                yield SourceGroup(numbers, conf.astype(np.float64) * Bohr, {key: (energy, forces)},
+                                  where=f"{self.path}:{group.name}")
+
+    def frames(self) -> Iterator[SourceFrame]:
+        return split_groups(self.groups())

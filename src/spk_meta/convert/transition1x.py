@@ -8,7 +8,9 @@ from typing import Dict, Iterator, Set, Tuple
 
 import numpy as np
 
-from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame, conformers, dataset, open_hdf5
+from spk_meta.convert.base import (
+    ConversionError, LevelSpec, Reader, SourceFrame, SourceGroup, conformers, dataset, open_hdf5, split_groups,
+)
 from spk_meta.data.level_of_theory import LevelOfTheory
 
 PREFIX = "wB97x_6-31G(d)"
@@ -40,17 +42,14 @@ class Transition1xReader(Reader):
         with open_hdf5(self.path) as f:
             return sum(g["positions"].shape[0] for _, _, g in self._reactions(f) if "positions" in g)
 
-    def frames(self) -> Iterator[SourceFrame]:
+    def groups(self) -> Iterator[SourceGroup]:
         (key, _), = self.levels().items()
         with open_hdf5(self.path) as f:
             for formula, rxn, group in self._reactions(f):
                 numbers, pos = conformers(group, "atomic_numbers", "positions", self.path)
-                e = dataset(group, f"{PREFIX}.energy", self.path, (pos.shape[0],))
-                fo = dataset(group, f"{PREFIX}.forces", self.path, pos.shape)
-                for i in range(pos.shape[0]):
-                    yield SourceFrame(
-                        numbers=numbers,
-                        positions=pos[i].astype(np.float64),
-                        labels={key: (float(e[i]), fo[i].astype(np.float64))},
-                        where=f"{self.path}:{group.name}[{i}]",
-                    )
+                e = dataset(group, f"{PREFIX}.energy", self.path, (pos.shape[0],)).astype(np.float64)
+                fo = dataset(group, f"{PREFIX}.forces", self.path, pos.shape).astype(np.float64)
+                yield SourceGroup(numbers, pos.astype(np.float64), {key: (e, fo)}, where=f"{self.path}:{group.name}")
+
+    def frames(self) -> Iterator[SourceFrame]:
+        return split_groups(self.groups())
