@@ -127,33 +127,42 @@ def saved_model(tmp_path):
     return tmp_path / "best_model"
 
 
-@pytest.mark.parametrize("suffix", [".extxyz", ".npz"])
-def test_spkmeta_predict_matches_spkcalculator(saved_model, tmp_path, frames, tiny_db, suffix):
+def read_predictions(out):
+    """Energies (n,), forces list, and the (source, index) of each frame of an output."""
+    if out.suffix == ".npz":
+        data = np.load(out)
+        forces = np.split(data["forces"], np.cumsum(data["n_atoms"])[:-1])
+        return data["energy"], forces, list(zip(data["source"], data["source_index"])), data["positions"]
+    written = ase.io.read(out, ":")
+    return (np.array([a.get_potential_energy() for a in written]), [a.get_forces() for a in written],
+            [(a.info["source"], a.info["source_index"]) for a in written],
+            np.concatenate([a.positions for a in written]))
+
+
+def test_spkmeta_predict_matches_spkcalculator(saved_model, tmp_path, frames, ethanol):
     from spk_meta.cli.main import main
+    from spk_meta.data import write_database
     from spk_meta.evaluate import read_labelled
 
     ase.io.write(tmp_path / "three.extxyz", frames)
-    out = tmp_path / f"pred{suffix}"
-    assert main(["predict", str(saved_model), str(tmp_path / "three.extxyz"), str(tiny_db),
-                 "--out", str(out), "--batch-size", "7"]) == 0
+    mp2 = ase.io.read(ethanol["target_mp2_631gs_train_300K"].extxyz, ":4")
+    tiny_db = write_database(mp2, tmp_path / "four.db", "MP2/6-31g*")
     inputs = frames + read_labelled(tiny_db)
+    results = {}
+    for suffix in (".extxyz", ".npz"):
+        out = tmp_path / f"pred{suffix}"
+        assert main(["predict", str(saved_model), str(tmp_path / "three.extxyz"), str(tiny_db),
+                     "--out", str(out), "--batch-size", "5"]) == 0
+        results[suffix] = read_predictions(out)
+    (e, f, where, pos), (e2, f2, where2, pos2) = results[".extxyz"], results[".npz"]
+    assert len(e) == len(inputs) == 7
+    assert where == where2 and where[2:5] == [(str(tmp_path / "three.extxyz"), 2), (str(tiny_db), 0), (str(tiny_db), 1)]
+    assert np.allclose(pos, np.concatenate([a.positions for a in inputs])) and np.allclose(pos, pos2)
+    assert np.allclose(e, e2, rtol=0, atol=1e-8) and all(np.allclose(a, b, atol=1e-8) for a, b in zip(f, f2))
     e_ref, f_ref = calculator_results(torch.load(saved_model, weights_only=False), inputs)
-    if suffix == ".npz":
-        data = np.load(out)
-        energies = data["energy"]
-        forces = np.split(data["forces"], np.cumsum(data["n_atoms"])[:-1])
-        assert list(data["source"][:4]) == [str(tmp_path / "three.extxyz")] * 3 + [str(tiny_db)]
-        assert list(data["source_index"][2:5]) == [2, 0, 1]
-        assert np.allclose(data["positions"], np.concatenate([a.positions for a in inputs]))
-    else:
-        written = ase.io.read(out, ":")
-        energies = np.array([a.get_potential_energy() for a in written])
-        forces = [a.get_forces() for a in written]
-        assert written[3].info["source"] == str(tiny_db) and written[3].info["source_index"] == 0
-    assert len(energies) == len(inputs) == 43
-    assert np.allclose(energies, e_ref, rtol=0, atol=1e-4)
-    assert not np.allclose(energies, [a.get_potential_energy() for a in inputs], atol=1e-2)  # not the labels
-    assert all(np.allclose(f, g, rtol=0, atol=1e-5) for f, g in zip(forces, f_ref))
+    assert np.allclose(e, e_ref, rtol=0, atol=1e-4)
+    assert all(np.allclose(a, b, rtol=0, atol=1e-5) for a, b in zip(f, f_ref))
+    assert not np.allclose(e, [a.get_potential_energy() for a in inputs], atol=1e-2)  # not the labels
 
 
 def test_spkmeta_predict_names_a_failing_file_and_writes_nothing(saved_model, tmp_path, frames, capsys):
