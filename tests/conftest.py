@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import ase.io
 import pytest
@@ -61,4 +61,31 @@ def run_cli(args: List[str], cwd: Path, timeout: float = 600, **env) -> subproce
         capture_output=True,
         text=True,
         timeout=timeout,
+    )
+
+
+def ani_potential(preset: str = "ani1x", postprocessors=(), seed: Optional[int] = None):
+    """An untrained ANI ``NeuralNetworkPotential`` as our ``model=ani`` config builds it:
+    ANI AEVs, one network per element summed to the energy (eV), forces by autograd.
+
+    Args:
+        preset: ``"ani1x"`` (H C N O) or ``"ani2x"``.
+        postprocessors: SchNetPack postprocessors, e.g. an ``AddOffsets``.
+        seed: ``torch.manual_seed`` before the weights are drawn (``None``: leave the RNG).
+    """
+    import torch
+    from schnetpack.atomistic import Forces, PairwiseDistances
+    from schnetpack.model import NeuralNetworkPotential
+
+    from spk_meta.atomistic import ElementwiseAtomwise
+    from spk_meta.representation import ANI
+
+    if seed is not None:
+        torch.manual_seed(seed)
+    rep = ANI(preset=preset)
+    return NeuralNetworkPotential(
+        representation=rep,
+        input_modules=[PairwiseDistances()],
+        output_modules=[ElementwiseAtomwise(n_in=rep.n_atom_basis, preset=preset), Forces()],
+        postprocessors=list(postprocessors),
     )

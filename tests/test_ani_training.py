@@ -6,24 +6,11 @@ import pytest
 from ase import Atoms
 from schnetpack.data import AtomsDataModule
 from schnetpack.interfaces import SpkCalculator
-from schnetpack.model import NeuralNetworkPotential
-from schnetpack.atomistic import Forces, PairwiseDistances
 from schnetpack.transform import ASENeighborList, MatScipyNeighborList
 
-from conftest import run_cli
-from spk_meta.atomistic import ElementwiseAtomwise
+from conftest import ani_potential, run_cli
 from spk_meta.data import write_database
 from spk_meta.model import ModelDataMismatch, check_model_against_data
-from spk_meta.representation import ANI
-
-
-def ani_model(preset="ani1x"):
-    rep = ANI(preset=preset)
-    return NeuralNetworkPotential(
-        representation=rep,
-        input_modules=[PairwiseDistances()],
-        output_modules=[ElementwiseAtomwise(n_in=rep.n_atom_basis, preset=preset), Forces()],
-    )
 
 
 @pytest.mark.slow
@@ -62,9 +49,9 @@ def _datamodule(db, cutoff, tmp_path):
 
 
 def test_short_neighbour_list_is_refused_before_training(tiny_db, tmp_path):
-    check_model_against_data(ani_model(), _datamodule(tiny_db, 5.2, tmp_path))
+    check_model_against_data(ani_potential(), _datamodule(tiny_db, 5.2, tmp_path))
     with pytest.raises(ModelDataMismatch, match=r"cutoff 4.0 Ang but the model needs 5.2 Ang"):
-        check_model_against_data(ani_model(), _datamodule(tiny_db, 4.0, tmp_path / "b"))
+        check_model_against_data(ani_potential(), _datamodule(tiny_db, 4.0, tmp_path / "b"))
 
 
 def test_unsupported_element_is_refused_before_training(tmp_path):
@@ -78,10 +65,10 @@ def test_unsupported_element_is_refused_before_training(tmp_path):
         frames.append(a)
     db = write_database(frames, tmp_path / "silane.db", "HF/sto-3g")
     with pytest.raises(ModelDataMismatch, match=r"silane.db contains element\(s\) Si .*supported: H, C, N, O"):
-        check_model_against_data(ani_model(), _datamodule(db, 5.2, tmp_path))
+        check_model_against_data(ani_potential(), _datamodule(db, 5.2, tmp_path))
     # ANI-2x adds S, F and Cl but still no Si: refused too, naming Si
     with pytest.raises(ModelDataMismatch, match=r"element\(s\) Si .*supported: H, C, N, O, F, S, Cl"):
-        check_model_against_data(ani_model("ani2x"), _datamodule(db, 5.2, tmp_path / "b"))
+        check_model_against_data(ani_potential("ani2x"), _datamodule(db, 5.2, tmp_path / "b"))
 
 
 @pytest.mark.slow

@@ -11,26 +11,17 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import ani_potential
 from spk_meta.train import ReptileDDPStrategy
 from spk_meta.train.ddp import broadcast_module_state
 
 
 def _model(seed: int) -> torch.nn.Module:
     """A real ANI potential with an AddOffsets buffer, plus the awkward tensor kinds."""
-    from schnetpack.atomistic import Forces, PairwiseDistances
-    from schnetpack.model import NeuralNetworkPotential
     from schnetpack.transform import AddOffsets
 
-    from spk_meta.atomistic import ElementwiseAtomwise
-    from spk_meta.representation import ANI
-
-    torch.manual_seed(seed)
-    rep = ANI(preset="ani1x")
-    model = NeuralNetworkPotential(
-        representation=rep, input_modules=[PairwiseDistances()],
-        output_modules=[ElementwiseAtomwise(n_in=rep.n_atom_basis, preset="ani1x"), Forces()],
-        postprocessors=[AddOffsets("energy", add_mean=True, property_mean=torch.tensor(-400.0 - seed))],
-    )
+    offsets = AddOffsets("energy", add_mean=True, property_mean=torch.tensor(-400.0 - seed))
+    model = ani_potential(postprocessors=[offsets], seed=seed)
     model.register_buffer("flags", torch.rand(5) > 0.5)  # bool: gloo cannot send it as is
     model.transposed = torch.nn.Parameter(torch.randn(4, 3).t())  # non-contiguous
     return model

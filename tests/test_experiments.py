@@ -9,15 +9,11 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from schnetpack.atomistic import Forces, PairwiseDistances
 from schnetpack.interfaces import SpkCalculator
-from schnetpack.model import NeuralNetworkPotential
 from schnetpack.transform import ASENeighborList
 
-from conftest import run_cli
-from spk_meta.atomistic import ElementwiseAtomwise
+from conftest import ani_potential, run_cli
 from spk_meta.model import frozen_parameters, load_pretrained, warn_untrained_elements
-from spk_meta.representation import ANI
 
 QUICK = ["trainer.max_epochs=1", "logger=csv", "data.batch_size=8"]
 SMALL_TASKS = ["data.num_train=40", "data.num_val=8", "data.num_test=8"]
@@ -103,12 +99,7 @@ def test_transfer_ani_pretrains_on_one_level(tmp_path):
 def saved_model(tmp_path_factory):
     """An ANI potential saved like SchNetPack's best_model, recording the elements it was
     trained on as our tasks do (H, C, O: the embedded ethanol data)."""
-    torch.manual_seed(0)
-    rep = ANI(preset="ani1x")
-    model = NeuralNetworkPotential(
-        representation=rep, input_modules=[PairwiseDistances()],
-        output_modules=[ElementwiseAtomwise(n_in=rep.n_atom_basis, preset="ani1x"), Forces()],
-    )
+    model = ani_potential(seed=0)
     model.trained_elements = [1, 6, 8]
     path = tmp_path_factory.mktemp("saved") / "best_model"
     torch.save(model, path)
