@@ -86,10 +86,12 @@ def test_spkdeploy_ani_model_loads_and_matches(tmp_path, frames):
 
 
 def test_ani_model_pickled_before_the_buffer_still_loads_and_deploys(tmp_path, frames):
+    from spk_meta.evaluate import load_model
+
     torch.save(as_saved_before_the_fix(ani_model(seed=1)), tmp_path / "old_model")
-    model = torch.load(tmp_path / "old_model", weights_only=False)
-    rep = model.representation
-    assert isinstance(rep.cutoff, torch.Tensor) and rep.radial_cutoff == CUTOFF
+    for model in (torch.load(tmp_path / "old_model", weights_only=False), load_model(tmp_path / "old_model")):
+        rep = model.representation  # also through spk-meta's weights-only loader
+        assert isinstance(rep.cutoff, torch.Tensor) and rep.radial_cutoff == CUTOFF
     assert "cutoff" not in rep.state_dict()  # state dicts unchanged by the buffer
     spkdeploy(model, tmp_path / "deployed.pt")
     check_deployed(model, tmp_path / "deployed.pt", frames)
