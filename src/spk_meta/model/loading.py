@@ -40,14 +40,16 @@ MODULE_PACKAGES = (
     "schnetpack.nn.",
     "schnetpack.representation.",
     "schnetpack.transform.",
-    "schnetpack.task",
+    "schnetpack.task.",
     "spk_meta.atomistic.",
     "spk_meta.representation.",
     "torchani.aev.",
     "torchani.nn.",
-    "torchani.neighbors",
-    "torchani.cutoffs",
-    "torchmetrics.",
+    "torchani.neighbors.",
+    "torchani.cutoffs.",
+    # SchNetPack's metrics; not all of torchmetrics (some metrics download networks when built)
+    "torchmetrics.regression.",
+    "torchmetrics.aggregation.",
 )
 #: Module classes that do more than hold tensors when built (a neighbour-list cache
 #: creates and copies folders): never rebuilt from a file.
