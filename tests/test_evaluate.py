@@ -205,6 +205,23 @@ def test_ensemble_mean_and_spread(ethanol_atoms):
     assert a.calc.results["energy_std"] == pytest.approx(abs(single[0][0] - single[1][0]) / 2)
 
 
+def test_ensemble_of_model_files_loads_them_like_evaluate(model_file, ethanol_atoms, tmp_path):
+    from spk_meta.model.loading import UntrustedModelFile
+
+    a = ethanol_atoms.copy()
+    a.calc = EnsembleCalculator.from_models([model_file, model_file])
+    single = ethanol_atoms.copy()
+    single.calc = calculator(model_file)
+    assert a.get_potential_energy() == pytest.approx(single.get_potential_energy(), abs=1e-6)
+    assert a.calc.results["energy_std"] == pytest.approx(0.0, abs=1e-6)
+    marker = tmp_path / "marker"
+    crafted = tmp_path / "member"
+    torch.save(_RunsCode(marker), crafted)
+    with pytest.raises(UntrustedModelFile):
+        EnsembleCalculator.from_models([model_file, crafted])
+    assert not marker.exists()
+
+
 def test_md_stability_flags_a_molecule_that_flies_apart(ethanol_atoms):
     ok = md_stability(ethanol_atoms, EMT(), steps=100)
     assert ok["stable"] and ok["steps"] == 100 and ok["max_distance_from_centre"] < 4
