@@ -57,6 +57,7 @@ EXCLUDED = frozenset({"schnetpack.transform.neighborlist.CachedNeighborList"})
 #: Plain functions from these modules (activations, initialisers, metric reductions).
 FUNCTION_MODULES = (
     "torch.nn.functional",
+    "torch._C._nn",  # builtin activations (softplus, gelu)
     "torch.nn.init",
     "schnetpack.nn.activations",
     "torchmetrics.utilities.data",
@@ -123,7 +124,8 @@ def allowed_global(name: str) -> Optional[Any]:
             return obj
     if module in FUNCTION_MODULES:
         obj = _lookup(name)
-        if (inspect.isfunction(obj) or inspect.isbuiltin(obj)) and not inspect.isclass(obj):
+        # defined there, not imported (torch.nn.functional holds torch's dispatch helpers too)
+        if (inspect.isfunction(obj) or inspect.isbuiltin(obj)) and obj.__module__ == module:
             return obj
     if name.startswith(OPTIMIZER_PACKAGES):
         obj = _lookup(name)
