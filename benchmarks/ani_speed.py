@@ -7,7 +7,7 @@ per batch, float32, for three models on the same batches:
                 ElementwiseAtomwise + Forces)``, starting from a collated SchNetPack
                 batch whose neighbour list the data pipeline already built
                 (``MatScipyNeighborList(cutoff=5.2)`` per structure, then
-                ``_atoms_collate_fn``); the neighbour-list build is timed separately.
+                ``AtomsLoader``); the neighbour-list build is timed separately.
   (b) torchani: ``AEVComputer.like_1x()`` padded call (its all-pairs neighbour list
                 runs inside the timed region) + ``ANINetworks`` holding the same
                 weights as (a) (``ElementwiseAtomwise.to_torchani()``); nothing is
@@ -44,7 +44,7 @@ from ase import Atoms
 from ase.collections import s22
 from ase.data import atomic_numbers
 from schnetpack import properties
-from schnetpack.data.loader import _atoms_collate_fn
+from schnetpack.data import AtomsLoader
 from schnetpack.transform import CastTo32, MatScipyNeighborList
 from torchani.aev import AEVComputer
 
@@ -102,7 +102,8 @@ def structure_inputs(atoms_list: List[Atoms]) -> List[Dict[str, torch.Tensor]]:
 
 def data_pipeline(structs, nl, cast) -> Dict[str, torch.Tensor]:
     """Neighbour list + cast per structure (as dataset transforms), then collate."""
-    return _atoms_collate_fn([cast(nl(dict(s))) for s in structs])
+    samples = [cast(nl(dict(s))) for s in structs]
+    return next(iter(AtomsLoader(samples, batch_size=len(samples))))
 
 
 def padded(atoms_list: List[Atoms], elements: List[int]) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -98,9 +98,9 @@ def main():
         dm = datamodule(tmp)
         for _ in range(args.repeats):
             task = ReptileTask(ani(), outputs(), optimizer_args={"lr": 1e-4}, inner_steps=10, outer_lr=0.5, sampling_seed=0)
-            dm.episode_steps = None
+            dm.serve_episodes(None)
             reptile.append(timed_fit(task, dm, args.steps))
-            dm.episode_steps = None  # the joint loader for the plain task
+            dm.serve_episodes(None)  # the joint loader for the plain task
             task = spk.task.AtomisticTask(ani(), outputs(), optimizer_args={"lr": 1e-4})
             plain.append(timed_fit(task, dm, args.steps))
     r, p = statistics.median(reptile), statistics.median(plain)

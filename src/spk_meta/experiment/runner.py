@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from spk_meta.data import load_splits
 from spk_meta.datasets import ethanol_multilevel
 from spk_meta.evaluate import error_metrics, evaluate, load_model, predict, read_labelled
 from spk_meta.experiment.plan import FinetuneRun, Preset, PretrainRun
@@ -210,8 +211,7 @@ class Runner:
 
     def _validation(self, run: FinetuneRun, model) -> Optional[Dict]:
         """Errors on the fine-tuning run's own validation frames (MP2 training file)."""
-        split = np.load(self.run_dir(run.name) / "task_splits.npz")
-        rows = split["mp2_6-31gs/val_idx"]
+        rows = load_splits(self.run_dir(run.name) / "task_splits.npz")["mp2_6-31gs"].val
         if len(rows) == 0:
             return None
         frames = [self.mp2_train_frames[int(r)] for r in rows]
