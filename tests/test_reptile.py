@@ -166,6 +166,29 @@ def test_outer_lr_annealing_follows_its_schedule(make_dm):
     assert used == pytest.approx([1.0, 0.75, 0.5, 0.25, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("limit, k, expected_outer", [
+    (dict(max_steps=24), 3, 8),          # max_steps counts inner steps: 24 / k outer steps
+    (dict(max_steps=-1, max_epochs=2), 2, None),  # epochs of outer steps
+])
+def test_outer_lr_anneals_over_the_whole_run_by_default(make_dm, limit, k, expected_outer):
+    """Without outer_lr_anneal_steps, ε reaches outer_lr_final at the run's last outer step
+    (the horizon is counted in outer steps, not in Lightning's inner stepping batches)."""
+    dm = make_dm()
+    task = ReptileTask(tiny_model(), outputs(), inner_steps=k, outer_lr=1.0, outer_lr_final=0.0, sampling_seed=0)
+    used = []
+    original = task.current_outer_lr
+    task.current_outer_lr = lambda: used.append(original()) or used[-1]
+    trainer(**limit).fit(task, datamodule=dm)
+    n = len(used)
+    if expected_outer is not None:
+        assert n == expected_outer
+    else:
+        assert n == 2 * task.trainer.num_training_batches
+    assert task.outer_steps_in_run() == n
+    # linear from 1 at the first outer step towards 0 at the end of the run
+    assert used == pytest.approx([1.0 - i / n for i in range(n)])
+
+
 def test_task_sampling_follows_the_data_modules_weights(make_dm):
     dm = make_dm(num_train={"wb97x_6-31gs": 100, "b3lyp_def2-svp": 20, "hf_def2-svp": 20},
                  task_sampling="size")

@@ -203,10 +203,31 @@ class ReptileTask(AtomisticTask):
 
     # -- the outer step ------------------------------------------------------------------
 
+    def outer_steps_in_run(self) -> Optional[int]:
+        """Outer steps the whole run will take, or ``None`` if the trainer sets no limit.
+
+        ``trainer.max_steps`` counts inner optimiser steps (``inner_steps × tasks_per_step``
+        per outer step); ``max_epochs`` counts epochs of ``num_training_batches`` outer
+        steps. The smaller limit wins, as in Lightning. (Lightning's
+        ``estimated_stepping_batches`` mixes the two units in manual optimisation.)
+        """
+        if self._trainer is None:
+            return None
+        trainer = self.trainer
+        limits = []
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            limits.append(math.ceil(trainer.max_steps / (self.inner_steps * self.tasks_per_step)))
+        per_epoch = trainer.num_training_batches
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and math.isfinite(per_epoch):
+            limits.append(int(trainer.max_epochs) * int(per_epoch))
+        return min(limits) if limits else None
+
     def current_outer_lr(self) -> float:
+        """ε of the current outer step; annealed over ``outer_lr_anneal_steps`` outer steps,
+        or over the whole run (:meth:`outer_steps_in_run`) when that is unset."""
         anneal = self.outer_lr_anneal_steps
-        if anneal is None and self.outer_lr_final is not None and self._trainer is not None:
-            anneal = self.trainer.estimated_stepping_batches
+        if anneal is None and self.outer_lr_final is not None:
+            anneal = self.outer_steps_in_run()
         return outer_lr_at(self.outer_step, self.outer_lr, self.outer_lr_final, anneal)
 
     def sample_task(self) -> str:
