@@ -13,10 +13,13 @@ import pytest
 pyscf = pytest.importorskip("pyscf")
 pytest.importorskip("tblite")
 
+# Every test here needs the datagen extra (PySCF, tblite: real xTB MD and PySCF input
+# checks), which `make test-slow` installs and the `test` extra no longer does.
+pytestmark = pytest.mark.slow
+
 SCRIPT = Path(__file__).parents[1] / "examples" / "make_multilevel_data.py"
 
 
-@pytest.mark.slow  # a PySCF calculation; needs the datagen extra (make test-slow installs it)
 def test_generator_labels_md_frames_with_pyscf(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), str(tmp_path), "--molecule", "H2O", "--job", "HF/sto-3g:300:2",
