@@ -21,10 +21,10 @@ $(STAMP): $(VPY) $(SOURCES)
 	$(VPY) -m pip install --quiet --no-deps --force-reinstall .
 	@touch $(STAMP)
 
-# The slow tests also run the data generator (PySCF, tblite): the datagen extra on top.
+# The slow tests also run the data generator (PySCF, tblite): the datagen extra's
+# dependencies on top of the install above (same version, so pip keeps that one).
 $(SLOW_STAMP): $(STAMP)
 	$(VPY) -m pip install --quiet ".[test,datagen]"
-	$(VPY) -m pip install --quiet --no-deps --force-reinstall .
 	@touch $(SLOW_STAMP)
 
 install: $(STAMP)
