@@ -116,3 +116,24 @@ def test_load_from_checkpoint_refuses_a_crafted_checkpoint(tmp_path):
     with pytest.raises(UntrustedModelFile, match="best.ckpt"):
         AtomisticTask.load_from_checkpoint(ckpt)
     assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_spktrain_does_not_resume_from_a_crafted_last_ckpt(tmp_path):
+    """End to end: spktrain finds runs/<id>/checkpoints/last.ckpt and resumes from it; a
+    crafted one stops the run with the file named, and its code never runs."""
+    from conftest import run_cli
+
+    marker = tmp_path / "marker"
+    _crafted_checkpoint(tmp_path / "runs" / "r" / "checkpoints" / "last.ckpt", marker)
+    (tmp_path / "runs" / "r" / "config.yaml").write_text("{}\n")  # an earlier start: resume
+    result = run_cli(
+        ["spktrain", "experiment=reptile_ani", "model=schnet", "model.representation.n_atom_basis=16",
+         "model.representation.n_interactions=1", "logger=csv", "data.num_train=24", "data.num_val=8",
+         "data.num_test=8", "data.batch_size=8", "task.inner_steps=3", "trainer.max_epochs=1", "run.id=r"],
+        cwd=tmp_path,
+    )
+    log = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "last.ckpt: refusing to unpickle posix.system" in log and "trust_checkpoint=true" in log
+    assert not marker.exists()
