@@ -21,6 +21,20 @@ def positions(n_conf, n_atoms):
     return RNG.normal(0, 1.2, (n_conf, n_atoms, 3))
 
 
+def assert_packed_equals_db(format, path, tmp_path, **options):
+    """``--format packed`` of ``path`` holds the frames and counts of the per-level databases."""
+    from test_convert_packed import assert_same_counts, assert_same_frames
+
+    from spk_meta.data.store import PackedStore
+
+    db = convert(format, path, tmp_path / "cmp-db", progress=False, **options)
+    packed = convert(format, path, tmp_path / "cmp-packed", progress=False, output_format="packed", **options)
+    assert_same_counts(db, packed)
+    store = PackedStore(tmp_path / "cmp-packed" / f"{path.stem}.spkstore")
+    for s in db.levels.values():
+        assert_same_frames(store, s.database.stem, s.database)
+
+
 def read_back(db):
     """All frames of a database as served by TaskData (no reference subtracted)."""
     data = TaskData("t", db)
@@ -135,6 +149,7 @@ def test_anidataset_through_torchani(tmp_path):
     assert float(frames[1]["energy"]) == pytest.approx(-40.2 * Hartree)
     np.testing.assert_allclose(frames[0]["forces"].numpy(), forces[0] * Hartree, rtol=1e-6)
     np.testing.assert_allclose(frames[0]["_positions"].numpy(), coords[0], rtol=1e-6)
+    assert_packed_equals_db("anidataset", path, tmp_path, level="wB97X/6-31g*")
 
 
 def test_qm7x(tmp_path):
@@ -159,6 +174,7 @@ def test_qm7x(tmp_path):
         assert e == pytest.approx(e_ref)
         np.testing.assert_allclose(frame["forces"].numpy(), f_ref)
         np.testing.assert_allclose(frame["_positions"].numpy(), pos)
+    assert_packed_equals_db("qm7x", tmp_path / "1000.hdf5", tmp_path)
 
 
 def test_transition1x_converts_each_frame_once(tmp_path):
@@ -178,6 +194,7 @@ def test_transition1x_converts_each_frame_once(tmp_path):
     for i, fr in enumerate(frames):
         assert float(fr["energy"]) == pytest.approx(truth["wB97x_6-31G(d).energy"][i])
         np.testing.assert_allclose(fr["forces"].numpy(), truth["wB97x_6-31G(d).forces"][i])
+    assert_packed_equals_db("transition1x", path, tmp_path)
 
 
 def test_rmd17_kcal_per_mol(tmp_path):
@@ -191,6 +208,7 @@ def test_rmd17_kcal_per_mol(tmp_path):
     assert data.level_of_theory.code == "ORCA"
     assert float(frames[2]["energy"]) == pytest.approx(e[2] * kcal / mol)
     np.testing.assert_allclose(frames[2]["forces"].numpy(), f[2] * kcal / mol)
+    assert_packed_equals_db("rmd17", path, tmp_path)
 
 
 def test_spice_bohr_hartree_gradient(tmp_path):
@@ -213,6 +231,7 @@ def test_spice_bohr_hartree_gradient(tmp_path):
     assert len(frames) == 2
     np.testing.assert_allclose(frames[1]["_positions"].numpy(), truth["conformations"][1] * Bohr, rtol=1e-6)
     assert float(frames[1]["energy"]) == pytest.approx(-40.4 * Hartree)
+    assert_packed_equals_db("spice", path, tmp_path)
     np.testing.assert_allclose(frames[1]["forces"].numpy(), -truth["dft_total_gradient"][1] * Hartree / Bohr, rtol=1e-6)
 
 

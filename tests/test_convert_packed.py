@@ -59,10 +59,15 @@ def assert_same_frames(store: PackedStore, label_set: str, db_path):
             np.testing.assert_array_equal(frame["forces"], forces)
 
 
-def both(src, tmp_path, **options):
-    db = convert("ani1x", src, tmp_path / "db", progress=False, **options)
-    packed = convert("ani1x", src, tmp_path / "packed", progress=False, output_format="packed", **options)
+def both_format(format, src, tmp_path, **options):
+    """Convert ``src`` into OUT/db and OUT/packed: (db summary, packed summary, the store)."""
+    db = convert(format, src, tmp_path / "db", progress=False, **options)
+    packed = convert(format, src, tmp_path / "packed", progress=False, output_format="packed", **options)
     return db, packed, PackedStore(tmp_path / "packed" / f"{src.stem}.spkstore")
+
+
+def both(src, tmp_path, **options):
+    return both_format("ani1x", src, tmp_path, **options)
 
 
 def assert_same_counts(db, packed):
@@ -235,3 +240,23 @@ def test_cli_format_packed(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["convert", "ani1x", str(src), str(out), "--format", "sqlite"])
     assert "invalid choice: 'sqlite'" in capsys.readouterr().err
+
+
+def test_anidataset_groups_of_several_formulas(tmp_path):
+    """torchani's by_num_atoms groups mix formulas: each conformer keeps its own species."""
+    import torch
+    from torchani.datasets import ANIDataset
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "ds.h5"
+    ds = ANIDataset(str(path), grouping="by_num_atoms")
+    species = np.array([[6, 1, 1, 1, 1], [7, 1, 1, 1, 1], [6, 1, 1, 1, 1]])
+    ds.append_conformers("005", {
+        "species": torch.tensor(species), "coordinates": torch.tensor(rng.normal(0, 1, (3, 5, 3)).astype(np.float32)),
+        "energies": torch.tensor([-40.1, -56.2, -40.3], dtype=torch.float64),
+        "forces": torch.tensor(rng.normal(0, 0.01, (3, 5, 3)).astype(np.float32)),
+    })
+    db, packed, store = both_format("anidataset", path, tmp_path, level="wB97X/6-31g*")
+    assert_same_counts(db, packed)
+    assert [tuple(store.frame(i)["numbers"]) for i in range(3)] == [tuple(z) for z in species]
+    assert_same_frames(store, "wb97x_6-31gs", tmp_path / "db" / "wb97x_6-31gs.db")

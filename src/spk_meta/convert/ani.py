@@ -118,21 +118,34 @@ class ANIDatasetReader(Reader):
     def count(self) -> int:
         return int(self._open().num_conformers)
 
-    def frames(self) -> Iterator[SourceFrame]:
+    def groups(self) -> Iterator[SourceGroup]:
+        """One group per torchani group whose conformers share their species (no padding);
+        otherwise (``by_num_atoms`` groups of several formulas) one per conformer."""
         (key, spec), = self.levels().items()
         ds = self._open()
         for group, conf in ds.numpy_items():
             species = conf.get("species", conf.get("atomic_numbers", conf.get("numbers")))
             if species is None:
                 raise ConversionError(f"{self.path}: group '{group}' has no species/atomic_numbers")
+            species = np.asarray(species).astype(int)
             energies = conf[self.energy_key] * Hartree
+            if len(energies) == 0:
+                continue
+            coords = np.asarray(conf["coordinates"], dtype=np.float64)
             forces = conf.get(self.forces_key) if spec.has_forces else None
+            if forces is not None:
+                forces = np.asarray(forces, dtype=np.float64) * Hartree
+            where = f"{self.path}:{group}"
+            if (species == species[0]).all() and (species[0] > 0).all():
+                yield SourceGroup(species[0], coords, {key: (energies, forces)}, where=where)
+                continue
             for i in range(len(energies)):
-                z = np.asarray(species[i]).astype(int)
-                keep = z > 0  # torchani pads with -1
-                yield SourceFrame(
-                    numbers=z[keep],
-                    positions=np.asarray(conf["coordinates"][i], dtype=np.float64)[keep],
-                    labels={key: (float(energies[i]), None if forces is None else np.asarray(forces[i], dtype=np.float64)[keep] * Hartree)},
-                    where=f"{self.path}:{group}[{i}]",
+                keep = species[i] > 0  # torchani pads with -1
+                yield SourceGroup(
+                    species[i][keep], coords[i][keep][None],
+                    {key: (energies[i : i + 1], None if forces is None else forces[i][keep][None])},
+                    where=f"{where}[{i}]",
                 )
+
+    def frames(self) -> Iterator[SourceFrame]:
+        return split_groups(self.groups())

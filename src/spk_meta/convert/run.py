@@ -22,7 +22,7 @@ from spk_meta.convert.qm7x import QM7XReader
 from spk_meta.convert.rmd17 import RMD17Reader
 from spk_meta.convert.spice import SpiceReader
 from spk_meta.convert.transition1x import Transition1xReader
-from spk_meta.data.store import STORE_SUFFIX, StoreWriter, file_identity
+from spk_meta.data.store import STORE_SUFFIX, StoreError, StoreWriter, file_identity
 from spk_meta.data.writer import DatabaseWriter
 
 READERS: Dict[str, Type[Reader]] = {
@@ -381,6 +381,8 @@ def _convert_packed_locked(
             n_read, outliers, rows = write_packed(
                 reader.groups(), w, specs, summaries, skipped, subset, total, keep_elements, max_force, windows, bar,
             )
+        except StoreError as err:  # e.g. atomic numbers the store cannot hold
+            raise ConversionError(f"{source}: {err}") from None
         finally:
             bar.close()
         if w.n_frames == 0:
