@@ -110,3 +110,86 @@ def test_painn_heads_are_independent_atomwise_readouts(frames):
     mixed = model(inputs(frames[:2], [1, 0]))["energy"]
     assert torch.allclose(mixed[0], model(inputs(frames[:1], [1]))["energy"][0])
     assert torch.allclose(mixed[1], model(inputs(frames[1:2], [0]))["energy"][0])
+
+
+# -- task=multihead ------------------------------------------------------------------------
+
+
+def test_multihead_task_is_joint_sgd_with_each_batch_on_its_own_head(ethanol, tmp_path):
+    """MultiHeadTask = SGD over sampled tasks' batches where each batch's loss uses its own
+    task's head: replayed by hand on the recorded batches with Adam on the same model."""
+    import copy
+
+    from test_reptile import LEVELS, manual_loss, outputs, record_batches, tiny_model, trainer
+    from schnetpack import transform as T
+
+    from spk_meta.data import TaskDataModule
+    from spk_meta.task import MultiHeadTask, add_heads
+
+    dm = TaskDataModule(
+        {name: ethanol[stem].db for name, stem in LEVELS.items()}, batch_size=8, num_train=24, num_val=8,
+        num_test=8, split_seed=0, split_file=str(tmp_path / "split.npz"), references_file=None,
+        transforms=[T.MatScipyNeighborList(5.2), T.CastTo32()], stream_seed=0,
+    )
+    model0 = tiny_model()
+    seen = record_batches(dm)
+    task = MultiHeadTask(copy.deepcopy(model0), outputs(), optimizer_args={"lr": 1e-2}, sampling_seed=3)
+    trainer(max_steps=12).fit(task, datamodule=dm)
+    mh = task.model.output_modules[0]
+    assert isinstance(mh, MultiHead) and mh.task_names == list(LEVELS)
+    assert len(seen) == 12 and len({name for name, _ in seen}) > 1
+
+    by_hand = copy.deepcopy(model0)
+    add_heads(by_hand, list(LEVELS), ["energy", "forces"])
+    opt = torch.optim.Adam(by_hand.parameters(), lr=1e-2)
+    for _, batch in seen:  # batches carry their task index: the model picks the head
+        opt.zero_grad()
+        manual_loss(by_hand, batch).backward()
+        opt.step()
+    for (name, a), b in zip(task.model.named_parameters(), by_hand.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+    # a head whose task was never drawn keeps its initial weights; drawn ones moved
+    drawn = {name for name, _ in seen}
+    start = add_heads(copy.deepcopy(model0), list(LEVELS), ["energy", "forces"])
+    for name in LEVELS:
+        same = all(torch.equal(p, q) for p, q in zip(mh.heads[name].parameters(), start.heads[name].parameters()))
+        assert same == (name not in drawn)
+
+
+def test_heads_must_match_the_tasks():
+    from spk_meta.task import add_heads
+    from test_reptile import tiny_model
+
+    model = tiny_model()
+    add_heads(model, ["a", "b"], ["energy"])
+    assert add_heads(model, ["a", "b"], ["energy"]) is model.output_modules[0]
+    with pytest.raises(ValueError, match=r"heads \['a', 'b'\] are not this data's tasks \['a', 'c'\]"):
+        add_heads(model, ["a", "c"], ["energy"])
+    with pytest.raises(ValueError, match="cannot find the output head"):
+        add_heads(tiny_model(), ["a"], ["dipole_moment"])
+
+
+@pytest.mark.slow
+def test_multihead_ani_end_to_end(tmp_path, ethanol):
+    """spktrain experiment=multihead_ani: per-level metrics, a saved model with one head per
+    level that refuses to guess a level, and a selected head that predicts."""
+    from conftest import run_cli
+    from spk_meta.model.loading import load_model
+
+    result = run_cli(["spktrain", "experiment=multihead_ani", "trainer.max_epochs=1", "logger=csv",
+                      "data.batch_size=8", "data.num_train=40", "data.num_val=8", "data.num_test=8",
+                      "run.id=mh"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for level in LEVEL_NAMES:
+        assert f"test_{level}_forces_rmse" in result.stdout
+    model = load_model(tmp_path / "runs" / "mh" / "best_model")
+    assert head_names(model) == LEVEL_NAMES
+    frames = ase.io.read(ethanol["target_mp2_631gs_test_300K"].extxyz, ":2")
+    model = model.double()
+    with pytest.raises(RuntimeError, match="wb97x_6-31gs, b3lyp_def2-svp, hf_def2-svp"):
+        model(inputs(frames))
+    single = select_head(model, "hf_def2-svp")
+    assert torch.isfinite(single(inputs(frames))["energy"]).all()
+
+
+LEVEL_NAMES = ["wb97x_6-31gs", "b3lyp_def2-svp", "hf_def2-svp"]
