@@ -1,4 +1,5 @@
-"""Model-side helpers: pre-flight checks against the data, loading pre-trained models."""
+"""Model-side helpers: pre-flight checks against the data, loading model files safely,
+pre-trained models."""
 
 from spk_meta.model.compat import (
     ModelDataMismatch,
@@ -11,6 +12,7 @@ from spk_meta.model.compat import (
     neighbor_list_cutoff,
     warn_untrained_elements,
 )
+from spk_meta.model.loading import NotAModelFile, UntrustedModelFile, load_model
 from spk_meta.model.pretrained import frozen_parameters, load_pretrained
 
 __all__ = [
@@ -23,6 +25,9 @@ __all__ = [
     "model_elements",
     "neighbor_list_cutoff",
     "warn_untrained_elements",
+    "NotAModelFile",
+    "UntrustedModelFile",
+    "load_model",
     "frozen_parameters",
     "load_pretrained",
 ]

@@ -84,16 +84,3 @@ class RunCheckpointIO(TorchCheckpointIO):
         if self.wrote(path):
             return torch.load(path, map_location=map_location, weights_only=False)
         return load_file(path, trust=self.trust, map_location=map_location, hint=TRUST_HINT)
-
-
-def is_trusted_checkpoint(path: Any) -> bool:
-    """Always False: no file is trusted process-wide any more (see :class:`RunCheckpointIO`)."""
-    return False
-
-
-def trust_directory(directory: PathLike) -> None:
-    """Removed: trusting a directory for the whole process let any file in it run code."""
-    raise RuntimeError(
-        f"trust_directory({directory!r}) was removed: checkpoints load weights-only with an "
-        "allow-list; to unpickle untrusted ones fully use RunCheckpointIO(trust=True)"
-    )
