@@ -90,7 +90,8 @@ def test_load_splits_gives_database_rows_with_identity(ethanol, in_tmp):
     for s in ("train", "val", "test"):
         np.testing.assert_array_equal(split[s], data.db_index[dm.splits["wb97x"][s]])
     assert split.identity == data.identity()
-    assert split.identity.n_frames == 200 and len(split.identity.fingerprint) == 64
+    fingerprint = split.identity.fingerprint
+    assert split.identity.n_frames == 200 and fingerprint.startswith("v2:") and len(fingerprint) == 3 + 64
     with pytest.raises(ValueError, match="read-only"):
         split.val[0] = 7
     # the rows are the database's (= extxyz frame) indices: the same energies

@@ -113,7 +113,29 @@ def fit_atomic_energies(
     if elements is None:
         elements = sorted({int(z) for zs in numbers for z in zs})
     elements = tuple(sorted(int(z) for z in elements))
-    A = composition_matrix(numbers, elements)
+    return fit_atomic_energies_from_counts(composition_matrix(numbers, elements), energies, elements)
+
+
+def fit_atomic_energies_from_counts(
+    counts: np.ndarray, energies: Sequence[float], elements: Sequence[int]
+) -> AtomicEnergies:
+    """:func:`fit_atomic_energies` on a composition matrix already counted.
+
+    Args:
+        counts: element counts per structure, ``(n_structures, len(elements))`` (e.g.
+            accumulated chunk by chunk from a store, :meth:`TaskData.element_counts`).
+        energies: total energy of each structure, ``(n_structures,)``.
+        elements: the atomic numbers of the columns, ascending.
+    """
+    A = np.asarray(counts, dtype=np.float64)
+    energies = np.asarray(energies, dtype=np.float64).reshape(-1)
+    elements = tuple(int(z) for z in elements)
+    if A.ndim != 2 or A.shape != (len(energies), len(elements)):
+        raise ValueError(f"counts of shape {A.shape} for {len(energies)} structures and {len(elements)} elements")
+    if len(energies) == 0:
+        raise ValueError("cannot fit atomic energies on zero structures")
+    if not np.isfinite(energies).all():
+        raise ValueError("energies contain NaN or inf")
     values, _, rank, _ = np.linalg.lstsq(A, energies, rcond=None)
     residual = energies - A @ values
     return AtomicEnergies(
@@ -142,7 +164,19 @@ def fit_split_reference(
         elements: every atomic number of the task (also those outside the split).
         where: names the task in messages.
     """
-    unseen = set(int(z) for z in elements) - {int(z) for zs in numbers for z in zs}
+    elements = tuple(sorted(int(z) for z in elements))
+    return fit_split_reference_counts(composition_matrix(numbers, elements), energies, elements, where)
+
+
+def fit_split_reference_counts(
+    counts: np.ndarray, energies: Sequence[float], elements: Sequence[int], where: str
+) -> AtomicEnergies:
+    """:func:`fit_split_reference` on a composition matrix ``(n_train, len(elements))``
+    counted chunk by chunk (no per-frame Python objects); same warnings and result."""
+    counts = np.asarray(counts, dtype=np.float64)
+    elements = tuple(int(z) for z in elements)
+    present = counts.sum(axis=0) > 0 if counts.size else np.zeros(len(elements), dtype=bool)
+    unseen = {z for z, p in zip(elements, present) if not p}
     if unseen:
         warnings.warn(
             f"{where}: "
@@ -150,7 +184,7 @@ def fit_split_reference(
             + " occur(s) only outside the training split; their E0 is set to 0",
             stacklevel=3,
         )
-    ref = fit_atomic_energies(numbers, energies, elements=elements)
+    ref = fit_atomic_energies_from_counts(counts, energies, elements)
     if ref.rank_deficient:
         log.info(
             "%s: %d compositions cannot separate %d elements; E0 is the minimum-norm fit "

@@ -19,6 +19,21 @@ task (``train_dataset.atomrefs``, ``get_atomrefs``, ``get_stats``): the only tas
 single-task mode, else ``active_task`` if set, else none, and the model then predicts
 reference-subtracted energies.
 
+Frames stay on disk (:mod:`spk_meta.data.store`; an ASE database is packed once into the
+cache): only index arrays are resident, each sample is read when it is asked for, and
+large tasks build their neighbour lists in DataLoader workers instead of caching them.
+
+What an epoch is. Joint training (several tasks, no episodes): every training frame of
+every task once. Episodic training (Reptile): one epoch is as many outer steps as make
+their batches add up to one pass over all tasks' training batches, whatever tasks the
+sampling picks; each task stream reshuffles when *it* has been read through, so with
+``task_sampling: temperature`` a 5 k-frame task mixed with a 5 M-frame one is read through
+many times per epoch while the big one is sampled without ever materialising its order (a
+large task's pass order is a pseudo-random permutation computed batch by batch, see
+:class:`~spk_meta.data.TaskBatchStream`). An epoch of such a mix is long (~5 M / batch
+size batches): count training with ``trainer.max_steps`` (inner steps) rather than epochs,
+and validate with ``val_check_interval``.
+
 The saved split lives in :mod:`spk_meta.data.splits` (format, checks on reuse), the E0 fit
 and its JSON in :mod:`spk_meta.data.atomrefs`; this module wires them to the tasks.
 """
@@ -37,10 +52,22 @@ from schnetpack import properties as structure
 from schnetpack.data import AtomsLoader
 from schnetpack.transform import RemoveOffsets
 
-from spk_meta.data.atomrefs import AtomicEnergies, energy_references_as_dict, fit_split_reference, save_energy_references
+from spk_meta.data.atomrefs import (
+    AtomicEnergies,
+    energy_references_as_dict,
+    fit_split_reference_counts,
+    save_energy_references,
+)
 from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
 from spk_meta.data.splits import SPLIT_NAMES, TaskSplitMismatch, load_or_draw_splits, split_counts
-from spk_meta.data.task_dataset import PathLike, TaskDataError, TaskDataset, TaskSubset, start_directory
+from spk_meta.data.task_dataset import (
+    LARGE_TASK_FRAMES,
+    PathLike,
+    TaskDataError,
+    TaskDataset,
+    TaskSubset,
+    start_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +75,9 @@ SplitValue = Optional[Union[int, float, Mapping[str, Union[int, float]]]]
 SPLITS = SPLIT_NAMES
 REFERENCE_MODES = ("fit", "none")
 
+
+#: DataLoader workers of a data module with a large task when ``num_workers`` is not given
+DEFAULT_WORKERS = 2
 
 #: seed offset between the task streams of consecutive ranks (distributed training)
 STREAM_RANK_STRIDE = 1_000_003
@@ -110,7 +140,11 @@ class TaskDataModule(pl.LightningDataModule):
             ``energy_unit`` and the forces unit.
         nan_policy: ``"fail"`` or ``"skip"`` frames with NaN/inf labels.
         num_workers, num_val_workers, num_test_workers, pin_memory: as in SchNetPack's
-            ``AtomsDataModule`` (0 workers is usually fastest here: data are in memory).
+            ``AtomsDataModule``; the training workers also serve the episodic task
+            streams. ``num_workers=None``: 2 when a task has more than 50 000 frames
+            (neighbour lists built in parallel, per sample, no cache), else 0 (small
+            tasks are served from the cache of transformed samples); the val/test ones
+            default to ``num_workers``.
         train_sampler_cls, train_sampler_args: a sampler for the training split, as
             ``spktrain`` passes it (single-task mode only).
         stream_seed: seed of the per-task streams (task ``i`` on rank ``r`` uses
@@ -143,7 +177,7 @@ class TaskDataModule(pl.LightningDataModule):
         energy_unit: str = "eV",
         property_units: Optional[Mapping[str, str]] = None,
         nan_policy: str = "fail",
-        num_workers: int = 0,
+        num_workers: Optional[int] = None,
         num_val_workers: Optional[int] = None,
         num_test_workers: Optional[int] = None,
         pin_memory: bool = False,
@@ -188,9 +222,10 @@ class TaskDataModule(pl.LightningDataModule):
                 f"TaskDataModule, not {', '.join(property_units)}"
             )
         self.nan_policy = nan_policy
-        self.num_workers = int(num_workers)
-        self.num_val_workers = self.num_workers if num_val_workers is None else int(num_val_workers)
-        self.num_test_workers = self.num_workers if num_test_workers is None else int(num_test_workers)
+        #: ``None`` until setup picks it from the task sizes (see :meth:`_default_workers`)
+        self.num_workers = None if num_workers is None else int(num_workers)
+        self.num_val_workers = None if num_val_workers is None else int(num_val_workers)
+        self.num_test_workers = None if num_test_workers is None else int(num_test_workers)
         self.pin_memory = pin_memory
         self.train_sampler_cls = train_sampler_cls
         self.train_sampler_args = dict(train_sampler_args or {})
@@ -250,6 +285,7 @@ class TaskDataModule(pl.LightningDataModule):
             base_dir=self.start_dir,
         )
         self._log_tasks()
+        self._default_workers()
         if self._active_task is not None and self._active_task not in self.dataset:
             raise TaskDataError(
                 f"active_task '{self._active_task}' is not a task (tasks: {', '.join(self.dataset)})"
@@ -279,6 +315,20 @@ class TaskDataModule(pl.LightningDataModule):
         self._joint_sampler = TaskBatchSampler(
             [len(self.subsets[n]["train"]) for n in self.task_names], self.batch_size, seed=self.stream_seed
         )
+
+    def _default_workers(self) -> None:
+        """``num_workers=None``: :data:`DEFAULT_WORKERS` DataLoader workers when a task has
+        more than :data:`~spk_meta.data.task_dataset.LARGE_TASK_FRAMES` frames (neighbour
+        lists are then built per sample, in parallel, and not cached), else 0 (small tasks
+        are served from the cache of transformed samples, where workers only add start-up)."""
+        large = max(len(d) for d in self.dataset.values()) > LARGE_TASK_FRAMES
+        if self.num_workers is None:
+            self.num_workers = DEFAULT_WORKERS if large else 0
+            log.info("num_workers=%d (%s tasks)", self.num_workers, "large" if large else "small")
+        if self.num_val_workers is None:
+            self.num_val_workers = self.num_workers
+        if self.num_test_workers is None:
+            self.num_test_workers = self.num_workers
 
     def _log_tasks(self) -> None:
         """One INFO line per task: what was loaded from where (duplicate task names in a
@@ -317,9 +367,9 @@ class TaskDataModule(pl.LightningDataModule):
     def _fit_references(self) -> None:
         for name, data in self.dataset.items():
             train = self.splits[name]["train"]
-            ref = fit_split_reference(
-                [data.numbers(i) for i in train], data.energies[train], data.elements, f"task '{name}' ({data.path})"
-            )
+            counts = data.element_counts(train, data.elements)  # (n_train, n_elements), read in chunks
+            ref = fit_split_reference_counts(counts, data.energies[train], data.elements, f"task '{name}' ({data.path})")
+            del counts
             data.set_reference(ref)
             self.energy_references[name] = ref
         if self.references_file:
@@ -522,7 +572,7 @@ class TaskDataModule(pl.LightningDataModule):
         if name not in self._streams:
             data = self.dataset[name]
             seed = self.stream_seed + data.index + STREAM_RANK_STRIDE * self._rank()
-            stream = TaskBatchStream(self.subsets[name]["train"], self.batch_size, seed=seed)
+            stream = TaskBatchStream(self.subsets[name]["train"], self.batch_size, seed=seed, num_workers=self.num_workers)
             if name in self._pending_stream_state:
                 stream.load_state_dict(self._pending_stream_state.pop(name))
             self._streams[name] = stream

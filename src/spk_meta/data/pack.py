@@ -39,6 +39,10 @@ LABELS = "labels"
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: Version of what a packed database holds; part of the cache key, so a copy packed by an
+#: older spk-meta (without ``content_sha256``) is packed again rather than reused.
+PACK_VERSION = 2
+
 
 def _read_metadata(path: Path) -> dict:
     if not path.is_file():
@@ -56,7 +60,9 @@ def _read_metadata(path: Path) -> dict:
 def packed_path(db_path: PathLike, energy_key: str, forces_key: Optional[str], cache: Optional[PathLike] = None) -> Path:
     """Where :func:`pack_ase_database` keeps the packed copy of ``db_path``."""
     ident = file_identity(db_path)
-    key = json.dumps({**ident, "energy_key": energy_key, "forces_key": forces_key}, sort_keys=True)
+    key = json.dumps(
+        {**ident, "energy_key": energy_key, "forces_key": forces_key, "pack_version": PACK_VERSION}, sort_keys=True
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return cache_dir(cache) / "packed" / f"{Path(db_path).stem}-{digest}.spkstore"
 
@@ -80,7 +86,10 @@ def pack_ase_database(
 
     Returns:
         The store, with one label set :data:`LABELS`; a row without a value for a
-        property is stored as NaN there (the data module's NaN policy decides).
+        property is stored as NaN there (the data module's NaN policy decides). Its
+        ``source["content_sha256"]`` is a digest of every row's id, atoms, positions,
+        cell, pbc and labels, taken while packing: the same for a copy of the database
+        (other path and mtime), different for a rewritten one.
 
     Raises:
         StoreError: the file is not a usable SchNetPack database (message names the file,
@@ -125,15 +134,20 @@ def pack_ase_database(
             total = conn.count()
             show = progress if progress is not None else total >= 10_000
             rows = tqdm(conn.select(), total=total, desc=f"packing {db_path.name}", unit="frame", disable=not show)
+            digest = hashlib.sha256()
             for row in rows:
-                w.add_frame(
-                    row.numbers,
-                    row.positions,
-                    {LABELS: _row_labels(db_path, row, energy_key, forces_key if has_forces else None)},
-                    source_index=row.id - 1,
-                    cell=np.asarray(row.cell, dtype=np.float64).reshape(3, 3),
-                    pbc=row.pbc,
-                )
+                energy, forces = _row_labels(db_path, row, energy_key, forces_key if has_forces else None)
+                numbers = np.asarray(row.numbers, dtype=np.int64)
+                positions = np.asarray(row.positions, dtype=np.float64)
+                cell = np.asarray(row.cell, dtype=np.float64).reshape(3, 3)
+                pbc = np.asarray(row.pbc, dtype=bool)
+                for part in (np.int64(row.id), numbers, positions, cell, pbc, np.float64(energy), forces):
+                    if part is not None:
+                        part = np.ascontiguousarray(part)
+                        digest.update(f"{part.dtype.str}{part.shape}".encode())
+                        digest.update(part.tobytes())
+                w.add_frame(numbers, positions, {LABELS: (energy, forces)}, source_index=row.id - 1, cell=cell, pbc=pbc)
+            w.source["content_sha256"] = digest.hexdigest()
     return PackedStore(out)
 
 

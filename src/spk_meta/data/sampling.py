@@ -1,7 +1,8 @@
 """How batches are drawn from tasks: sampling weights, endless per-task streams, joint epochs."""
 
 import math
-from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence
+from collections import deque
+from typing import Callable, Deque, Dict, Iterator, List, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -44,19 +45,82 @@ def task_sampling_weights(
     return {k: float(v) for k, v in zip(names, w)}
 
 
+#: Training splits up to this size draw each pass's order with ``torch.randperm`` (kept as
+#: an int64 tensor, 8 bytes a frame); larger ones use :class:`PseudoRandomPermutation`.
+MATERIALISED_ORDER_MAX = 1 << 20
+
+
+class PseudoRandomPermutation:
+    """A random permutation of ``range(n)`` evaluated index by index, in O(1) memory.
+
+    A 4-round Feistel network on the smallest even number of bits covering ``n`` (a
+    bijection of ``[0, 2**bits)``), restricted to ``[0, n)`` by cycle walking (values
+    ``>= n`` are encrypted again; ``2**bits < 4 n``, so a few rounds on average). Keys
+    come from the caller's generator, so a pass is reproducible from the generator state.
+
+    Args:
+        n: size of the permuted range.
+        keys: four round keys (non-negative integers below ``2**62``).
+    """
+
+    _MULT = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, n: int, keys: Sequence[int]):
+        self.n = int(n)
+        bits = max(2, int(self.n - 1).bit_length())
+        bits += bits % 2
+        self.half = np.uint64(bits // 2)
+        self.mask = np.uint64((1 << (bits // 2)) - 1)
+        self.keys = [np.uint64(int(k)) for k in keys]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _round(self, r: np.ndarray, key: np.uint64) -> np.ndarray:
+        h = (r ^ key) * self._MULT  # wraps modulo 2**64
+        h ^= h >> np.uint64(31)
+        h = h * self._MULT
+        return (h >> np.uint64(29)) & self.mask
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        left, right = x >> self.half, x & self.mask
+        for key in self.keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << self.half) | right
+
+    def __getitem__(self, positions) -> np.ndarray:
+        """The permuted values at ``positions`` (a slice or an index array), int64."""
+        if isinstance(positions, slice):
+            positions = np.arange(*positions.indices(self.n))
+        x = self._encrypt(np.asarray(positions, dtype=np.uint64))
+        n = np.uint64(self.n)
+        out_of_range = x >= n
+        while out_of_range.any():
+            x[out_of_range] = self._encrypt(x[out_of_range])
+            out_of_range = x >= n
+        return x.astype(np.int64)
+
+
 class TaskBatchStream:
     """Endless batches of one task: a fresh shuffle each pass, so any number can be drawn.
+
+    A pass's order is ``torch.randperm`` for up to :data:`MATERIALISED_ORDER_MAX` frames
+    (the same batches as always on small data) and a :class:`PseudoRandomPermutation`
+    above, so a task of millions of frames never materialises its order.
 
     Args:
         dataset: the task's training split (a :class:`~spk_meta.data.TaskSubset`).
         batch_size: structures per batch; the last batch of a pass may be smaller.
         seed: seed of the stream's own generator (independent of the global RNG).
         collate_fn: how samples become a batch; ``None``: SchNetPack's, through an
-            ``AtomsLoader`` whose batch sampler is this stream (no worker, no prefetch:
-            each batch is drawn when it is asked for).
+            ``AtomsLoader`` whose batch sampler is this stream.
+        num_workers: workers of that loader (samples and neighbour lists are then built in
+            worker processes, a few batches ahead; ``0``: each batch when asked for).
 
-    ``state_dict()``/``load_state_dict()`` capture the position, so a resumed run
-    continues with exactly the batches an uninterrupted one would have drawn.
+    ``state_dict()``/``load_state_dict()`` capture the position of the last batch handed
+    out (batches prefetched by workers but not yet taken are drawn again after a resume),
+    so a resumed run continues with exactly the batches an uninterrupted one would have
+    drawn. The state holds the generator's state at the start of the pass, not the order.
     """
 
     def __init__(
@@ -65,56 +129,103 @@ class TaskBatchStream:
         batch_size: int,
         seed: int = 0,
         collate_fn: Optional[Callable] = None,
+        num_workers: int = 0,
     ):
         if len(dataset) == 0:
             raise ValueError(f"task '{getattr(dataset, 'name', '?')}' has no training frames")
         self.dataset = dataset
         self.batch_size = int(batch_size)
         self.collate_fn = collate_fn
+        self.num_workers = int(num_workers)
         self._batches: Optional[Iterator[Dict[str, torch.Tensor]]] = None
         self.generator = torch.Generator().manual_seed(int(seed))
         self.passes = 0
-        self._order: List[int] = []
+        self._order = None  # tensor, PseudoRandomPermutation, or a list (old checkpoints)
         self._pos = 0
+        self._pass_start = None  # generator state before this pass's order was drawn
+        self._legacy_order = False
+        self._in_flight: Deque[dict] = deque()
+        self._consumed = self._cursor()
 
     def __iter__(self) -> "TaskBatchStream":
         return self
 
+    def _draw_order(self) -> None:
+        n = len(self.dataset)
+        self._pass_start = self.generator.get_state()
+        if n <= MATERIALISED_ORDER_MAX:
+            self._order = torch.randperm(n, generator=self.generator)
+        else:
+            keys = torch.randint(0, 2**62, (4,), generator=self.generator).tolist()
+            self._order = PseudoRandomPermutation(n, keys)
+        self._legacy_order = False
+        self._pos = 0
+
+    def _cursor(self) -> dict:
+        state = {
+            "generator": self.generator.get_state(),
+            "passes": self.passes,
+            "pos": self._pos,
+            "pass_start": self._pass_start,
+        }
+        if self._legacy_order:
+            state["order"] = list(self._order)
+        return state
+
     def next_indices(self) -> List[int]:
         """Indices (into the dataset) of the next batch."""
-        if self._pos >= len(self._order):
-            if self._order:
+        if self._order is None or self._pos >= len(self._order):
+            if self._order is not None:
                 self.passes += 1
-            self._order = torch.randperm(len(self.dataset), generator=self.generator).tolist()
-            self._pos = 0
+            self._draw_order()
         idx = self._order[self._pos : self._pos + self.batch_size]
+        idx = idx.tolist() if hasattr(idx, "tolist") else list(idx)
         self._pos += len(idx)
+        self._in_flight.append(self._cursor())
         return idx
 
     def __next__(self) -> Dict[str, torch.Tensor]:
         if self.collate_fn is not None:
-            return self.collate_fn([self.dataset[i] for i in self.next_indices()])
-        if self._batches is None:
-            self._batches = iter(AtomsLoader(self.dataset, batch_sampler=_Endless(self)))
-        return next(self._batches)
+            batch = self.collate_fn([self.dataset[i] for i in self.next_indices()])
+        else:
+            if self._batches is None:
+                self._batches = iter(
+                    AtomsLoader(
+                        self.dataset,
+                        batch_sampler=_Endless(self),
+                        num_workers=self.num_workers,
+                        persistent_workers=self.num_workers > 0,
+                    )
+                )
+            batch = next(self._batches)
+        self._consumed = self._in_flight.popleft()
+        return batch
 
     @property
     def batches_per_pass(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
 
     def state_dict(self) -> dict:
-        return {
-            "generator": self.generator.get_state(),
-            "passes": self.passes,
-            "order": list(self._order),
-            "pos": self._pos,
-        }
+        """Position after the last batch handed out (picklable; no per-frame data)."""
+        return dict(self._consumed)
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self._batches = None  # a prefetching loader would be ahead of the new position
+        self._in_flight.clear()
         self.passes = int(state["passes"])
-        self._order = list(state["order"])
+        if "order" in state:  # a checkpoint of spk-meta before the store: the order itself
+            self.generator.set_state(state["generator"])
+            self._order = list(state["order"]) or None
+            self._pass_start = state.get("pass_start")
+            self._legacy_order = self._order is not None
+        elif state.get("pass_start") is not None:
+            self.generator.set_state(state["pass_start"])
+            self._draw_order()  # the same order again, and the generator where it was
+        else:
+            self.generator.set_state(state["generator"])
+            self._order = None
         self._pos = int(state["pos"])
+        self._consumed = self._cursor()
 
 
 class _Endless:

@@ -17,7 +17,12 @@ File format (NumPy ``.npz``, no pickles), version 2::
     <task>/test_idx         (n_test,) int64
     <task>/database         () str            absolute path when the split was drawn
     <task>/n_frames         () int            frames the task served (after NaN skips)
-    <task>/fingerprint      () str            content hash of those frames
+    <task>/fingerprint      () str            content hash of those frames: "v2:<hex>" over the
+                                              packed store's content digest, label set
+                                              and rows (no frame read); "<hex>" (v1, older
+                                              spk-meta) over every frame, compared with
+                                              v1 only (a v1 split is reused after its
+                                              counts, frame count and rows are checked)
 
 Version 1 (no ``format_version``, no fingerprint) is still read; its reuse is checked by
 counts and frame count only (with a warning).
@@ -58,8 +63,10 @@ class DatabaseIdentity:
         path: the task database (absolute path, informational: a moved or copied file
             with the same content is the same data).
         n_frames: frames the task served (after frames with NaN labels were skipped).
-        fingerprint: hex digest of the served frames' content (see
-            :func:`fingerprint_arrays`), or ``None`` for a version-1 file.
+        fingerprint: digest of the served frames' content, ``"v2:<hex>"`` (taken from
+            the packed store, see :meth:`~spk_meta.data.TaskData.identity`), a bare hex
+            digest from an older spk-meta (:func:`fingerprint_arrays` over every frame), or
+            ``None`` for a version-1 file.
     """
 
     path: str
@@ -71,12 +78,26 @@ class DatabaseIdentity:
         out = []
         if self.n_frames != current.n_frames:
             out.append(f"the database has {current.n_frames} frames, the split was drawn from {self.n_frames}")
-        if self.fingerprint is not None and current.fingerprint is not None and self.fingerprint != current.fingerprint:
+        if comparable_fingerprints(self.fingerprint, current.fingerprint) and self.fingerprint != current.fingerprint:
             out.append(
                 f"the frames of {current.path} differ from those the split was drawn from "
                 f"({self.path}): the database was rewritten or replaced"
             )
         return out
+
+
+def fingerprint_scheme(fingerprint: Optional[str]) -> Optional[str]:
+    """``"v2"`` for a fingerprint taken from the packed store without reading its frames
+    (``"v2:<hex>"``), ``"v1"`` for one hashed over every frame (spk-meta before the packed
+    store), ``None`` for none."""
+    if not fingerprint:
+        return None
+    return fingerprint.split(":", 1)[0] if ":" in fingerprint else "v1"
+
+
+def comparable_fingerprints(saved: Optional[str], current: Optional[str]) -> bool:
+    """Whether two fingerprints were taken the same way (else the content is not compared)."""
+    return fingerprint_scheme(saved) is not None and fingerprint_scheme(saved) == fingerprint_scheme(current)
 
 
 @dataclass(frozen=True, eq=False)
@@ -278,6 +299,12 @@ def check_saved_split(
             "reused after checking its counts only",
             stacklevel=2,
         )
+    elif not comparable_fingerprints(saved.identity.fingerprint, identity.fingerprint):
+        warnings.warn(
+            f"{path}: task '{name}' was split by an older spk-meta (another database fingerprint); "
+            "it is reused after checking its counts, frame count and rows only",
+            stacklevel=2,
+        )
 
 
 def rows_to_positions(
@@ -288,14 +315,20 @@ def rows_to_positions(
     Raises:
         TaskSplitMismatch: a row the task does not serve (named, with how to start fresh).
     """
-    position = {int(r): i for i, r in enumerate(db_index)}
-    missing = [int(r) for r in rows if int(r) not in position]
-    if missing:
+    db_index = np.asarray(db_index, dtype=np.int64)
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    order = np.argsort(db_index, kind="stable")
+    sorted_rows = db_index[order]
+    at = np.searchsorted(sorted_rows, rows)
+    found = at < len(sorted_rows)
+    found[found] = sorted_rows[at[found]] == rows[found]
+    if not found.all():
+        missing = rows[~found][:5].tolist()
         raise TaskSplitMismatch(
-            f"{path}: task '{name}' split '{split}' names database rows {missing[:5]} that "
+            f"{path}: task '{name}' split '{split}' names database rows {missing} that "
             f"{database} does not provide; delete the file or use a new run.id to start fresh"
         )
-    return np.array([position[int(r)] for r in rows], dtype=np.int64)
+    return order[at]
 
 
 def load_or_draw_splits(

@@ -1,22 +1,37 @@
-"""Tasks: one SchNetPack ASE database per level of theory, read once and served from memory.
+"""Tasks: one level of theory each, read lazily from a :mod:`packed store <spk_meta.data.store>`.
 
-A :class:`TaskData` holds every frame of one task database in packed arrays (converted to
-one unit system on load) and hands out SchNetPack samples (the flat ``inputs`` dict of
-``schnetpack.properties``) with the task's energy reference subtracted and the task index
-attached under :data:`spk_meta.properties.task`. A :class:`TaskDataset` is the mapping
-``task name -> TaskData`` the data module splits and serves. :class:`TaskSubset` is one
-split of one task with its SchNetPack transforms, caching the transformed samples when the
-transforms are deterministic (neighbour lists, casts, centring), so each neighbour list is
-built once per run instead of once per epoch.
+A task is either a SchNetPack ASE database (packed once on first use into the spk-meta
+cache by :func:`~spk_meta.data.pack.pack_ase_database`, then reused) or one label set of a
+packed store written by ``spkmeta convert --format packed``. Either way a :class:`TaskData`
+keeps only index-sized arrays in memory (the kept frames, their atom counts and the
+per-frame energy reference, 8 bytes each per frame) and reads a frame's atoms, positions
+and forces from the store's memory maps when that sample is asked for, so memory and
+start-up do not grow with the frames' size and DataLoader workers share the page cache.
+
+How a task is given (``TaskDataset``/``TaskDataModule`` ``tasks``, or ``data.tasks`` in a
+Hydra override)::
+
+    wb97x: /data/wb97x.db                        # an ASE database
+    wb97x: /data/ani1x.spkstore@wb97x_6-31gs     # store @ label set (Hydra-safe spelling)
+    wb97x: {path: /data/ani1x.spkstore, labels: wb97x_6-31gs}
+    wb97x: /data/qm9.spkstore                    # a store with one label set
+
+A sample is SchNetPack's flat ``inputs`` dict (``schnetpack.properties``), converted to
+the run's units, with the task's energy reference subtracted and the task index attached
+under :data:`spk_meta.properties.task`. :class:`TaskDataset` is the mapping ``task name ->
+TaskData`` the data module splits and serves. :class:`TaskSubset` is one split of one task
+with its SchNetPack transforms, caching the transformed samples of small tasks when the
+transforms are deterministic (neighbour lists, casts, centring).
 """
 
+import hashlib
+import json
 import os
 import sqlite3
 import warnings
 from collections.abc import Mapping as MappingABC
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,15 +39,16 @@ from ase.data import chemical_symbols
 from ase.db import connect
 from schnetpack import properties as structure
 from schnetpack import transform as spk_transform
-from schnetpack.data import ASEAtomsData
 from schnetpack.units import convert_units
-from tqdm.auto import tqdm
 
 from spk_meta import properties
 from spk_meta.data.atomrefs import AtomicEnergies
 from spk_meta.data.errors import TaskDataError
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory, level_slug
-from spk_meta.data.splits import DatabaseIdentity, fingerprint_arrays
+from spk_meta.data.pack import LABELS as PACKED_DB_LABELS
+from spk_meta.data.pack import pack_ase_database
+from spk_meta.data.splits import DatabaseIdentity
+from spk_meta.data.store import META_FILE, PackedStore, StoreError
 
 PathLike = Union[str, Path]
 
@@ -56,6 +72,18 @@ DETERMINISTIC_TRANSFORMS = (
 NAN_POLICIES = ("fail", "skip")
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
+#: Tasks with more frames than this are "large": their transformed samples are not cached
+#: (a neighbour list costs ~10 KB a sample) and the data module gives them DataLoader
+#: workers by default.
+LARGE_TASK_FRAMES = 50_000
+
+#: Frames read per chunk when a task scans its store (elements, E0 fit, references).
+SCAN_CHUNK_FRAMES = 1 << 16
+
+#: Separates a store from its label set in a task given as one string (``@`` survives
+#: Hydra's override grammar unquoted; ``#`` does not).
+LABEL_SEPARATOR = "@"
+
 
 def start_directory() -> Path:
     """The directory the user started in: Hydra's original working directory inside a
@@ -76,6 +104,32 @@ def resolve_task_path(path: PathLike, base: Optional[PathLike] = None) -> Path:
     return path if path.is_absolute() else Path(base if base is not None else start_directory()) / path
 
 
+def parse_task_source(value, base: Optional[PathLike] = None) -> Tuple[Path, Optional[str]]:
+    """``(absolute path, label set or None)`` of one task as given in ``tasks``.
+
+    Accepts a path (ASE database or store), ``"STORE@LABELS"`` or a mapping
+    ``{path: STORE, labels: LABELS}``.
+
+    Raises:
+        TaskDataError: a mapping without ``path`` or with other keys.
+    """
+    if isinstance(value, MappingABC) or hasattr(value, "items"):
+        given = dict(value.items())
+        unknown = set(given) - {"path", "labels"}
+        if "path" not in given or unknown:
+            raise TaskDataError(
+                f"a task given as a mapping needs 'path' (and optionally 'labels'), got keys {sorted(given)}"
+            )
+        labels = given.get("labels")
+        return resolve_task_path(given["path"], base), (str(labels) if labels is not None else None)
+    text = str(value)
+    path = resolve_task_path(text, base)
+    if not path.exists() and LABEL_SEPARATOR in text:
+        store, labels = text.rsplit(LABEL_SEPARATOR, 1)
+        return resolve_task_path(store, base), labels
+    return path, None
+
+
 def _unit_factor(path: Path, what: str, source: str, target: str) -> float:
     try:
         return float(convert_units(source, target))
@@ -86,11 +140,15 @@ def _unit_factor(path: Path, what: str, source: str, target: str) -> float:
         ) from None
 
 
+def _is_store(path: Path) -> bool:
+    return path.is_dir()
+
+
 def _open_metadata(path: Path) -> dict:
     if not path.exists():
         raise TaskDataError(f"{path}: no such task database")
     if not path.is_file():
-        raise TaskDataError(f"{path}: not a file (a task is one ASE database file)")
+        raise TaskDataError(f"{path}: not a file (a task is one ASE database file or a packed store folder)")
     with open(path, "rb") as fh:
         head = fh.read(len(_SQLITE_MAGIC))
     if head != _SQLITE_MAGIC:
@@ -102,9 +160,34 @@ def _open_metadata(path: Path) -> dict:
         raise TaskDataError(f"{path}: not a readable ASE database ({err})") from None
 
 
-def task_name_from_database(path: PathLike) -> str:
-    """Default task name: the slug of the database's level of theory, else the file stem."""
+def _open_store(path: Path) -> PackedStore:
+    try:
+        return PackedStore(path)
+    except StoreError as err:
+        raise TaskDataError(str(err)) from None
+
+
+def _store_label_set(store: PackedStore, labels: Optional[str]) -> str:
+    if labels is None:
+        if len(store.label_sets) != 1:
+            raise TaskDataError(
+                f"{store.path}: the store has label sets {', '.join(store.label_sets)}; pick one "
+                f"('{store.path.name}{LABEL_SEPARATOR}LABELS' or {{path: ..., labels: LABELS}})"
+            )
+        return next(iter(store.label_sets))
+    if labels not in store.label_sets:
+        raise TaskDataError(f"{store.path}: no label set '{labels}'; it has: {', '.join(store.label_sets)}")
+    return labels
+
+
+def task_name_from_database(path: PathLike, labels: Optional[str] = None) -> str:
+    """Default task name: the slug of the level of theory (database metadata, or the
+    store's label set), else the file stem or the label set's name."""
     path = Path(path)
+    if _is_store(path):
+        store = _open_store(path)
+        ls = store.label_sets[_store_label_set(store, labels)]
+        return level_slug(ls.level_of_theory) if ls.level_of_theory else level_slug(ls.name)
     md = _open_metadata(path)
     level = md.get(METADATA_KEY)
     if isinstance(level, dict) and level.get("name"):
@@ -112,44 +195,51 @@ def task_name_from_database(path: PathLike) -> str:
     return level_slug(path.stem)
 
 
-@dataclass
-class _Frames:
-    """All kept frames of one database, packed (target units)."""
+def _scan(store: PackedStore, frames: np.ndarray, chunk: int = SCAN_CHUNK_FRAMES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The atomic numbers of ``frames`` (ascending store frames), chunk by chunk.
 
-    db_index: np.ndarray  # (n_frames,) row index in the database (row id - 1)
-    offsets: np.ndarray  # (n_frames + 1,) atom offsets into the per-atom arrays
-    numbers: np.ndarray  # (n_atoms_total,)
-    positions: np.ndarray  # (n_atoms_total, 3)
-    cell: np.ndarray  # (n_frames, 3, 3)
-    pbc: np.ndarray  # (n_frames, 3)
-    energy: np.ndarray  # (n_frames,)
-    forces: Optional[np.ndarray]  # (n_atoms_total, 3) or None
-    n_skipped: int
-    skipped_rows: List[int]
-    fingerprint: str  # of the kept frames as stored (database units)
+    Yields ``(positions in frames (m,), numbers (n_atoms,) int64, frame of each atom (n_atoms,))``
+    with the frame given as a position in the chunk (``0..m-1``); only the atoms of the
+    requested frames, read from contiguous slices of ``numbers.npy``.
+    """
+    offsets = store.offsets
+    for a in range(0, len(frames), chunk):
+        sel = frames[a : a + chunk]
+        lo, hi = int(sel[0]), int(sel[-1]) + 1
+        start = np.asarray(offsets[lo : hi + 1])
+        block = np.asarray(store.numbers_all[start[0] : start[-1]], dtype=np.int64)
+        n_atoms = start[sel - lo + 1] - start[sel - lo]
+        atom_start = np.repeat(start[sel - lo] - start[0], n_atoms)
+        within = np.arange(int(n_atoms.sum())) - np.repeat(np.cumsum(n_atoms) - n_atoms, n_atoms)
+        owner = np.repeat(np.arange(len(sel)), n_atoms)
+        yield np.arange(a, a + len(sel)), block[atom_start + within], owner
 
 
 class TaskData(torch.utils.data.Dataset):
-    """Every frame of one task database, in memory, as SchNetPack samples.
+    """One task's frames, read lazily from a packed store, as SchNetPack samples.
 
     Args:
         name: the task name (a level-of-theory slug by convention).
-        path: the SchNetPack ``ASEAtomsData`` database.
+        path: a SchNetPack ``ASEAtomsData`` database (packed on first use into the cache,
+            ``$SPKMETA_CACHE``) or a packed store folder.
         index: position of the task in its :class:`TaskDataset`; attached to every sample.
-        energy_key: energy property in the database (required).
+        energy_key: energy property (required) of a database; the name served for a store.
         forces_key: forces property; a task without it is energy-only.
         distance_unit: unit positions are converted to (``Ang``).
         energy_unit: unit energies are converted to (``eV``).
         forces_unit: unit forces are converted to (default ``energy_unit/distance_unit``).
-        nan_policy: ``"fail"`` (default) raises on a NaN/inf label; ``"skip"`` drops the
-            frame and warns with the count.
-        progress: show a progress bar while reading (default: for 10 000+ frames).
+        nan_policy: ``"fail"`` (default) raises on a missing/NaN/inf label; ``"skip"`` drops
+            the frame and warns with the count.
+        progress: progress bar while packing a database (default: for 10 000+ rows).
+        labels: the store's label set (``None``: its only one; ignored for a database).
+        cache: where databases are packed (default: the spk-meta cache).
 
     Attributes:
-        spk_dataset: the wrapped ``schnetpack.data.ASEAtomsData``.
+        store: the :class:`~spk_meta.data.store.PackedStore` the frames come from.
+        label_set: its label set served.
         level_of_theory: :class:`LevelOfTheory` from the metadata, or ``None``.
         units: ``{energy_key: energy_unit, forces_key: ...}`` after conversion.
-        source_units: the units stored in the database.
+        source_units: the units stored.
         has_forces: whether the task has forces.
         elements: atomic numbers present, ascending.
         reference: the :class:`AtomicEnergies` subtracted from every energy, or ``None``.
@@ -167,6 +257,8 @@ class TaskData(torch.utils.data.Dataset):
         nan_policy: str = "fail",
         progress: Optional[bool] = None,
         forces_unit: Optional[str] = None,
+        labels: Optional[str] = None,
+        cache: Optional[PathLike] = None,
     ):
         if nan_policy not in NAN_POLICIES:
             raise ValueError(f"nan_policy must be one of {NAN_POLICIES}, got {nan_policy!r}")
@@ -174,145 +266,135 @@ class TaskData(torch.utils.data.Dataset):
         self.path = resolve_task_path(path)
         self.index = int(index)
         self.energy_key = energy_key
-        md = _open_metadata(self.path)
-        unit_dict = md.get("_property_unit_dict")
-        if not isinstance(unit_dict, dict) or "_distance_unit" not in md:
-            raise TaskDataError(
-                f"{self.path}: the database has no units (metadata '_property_unit_dict' and "
-                "'_distance_unit'); write it with spk_meta.data.write_database or spkconvert"
+        if _is_store(self.path):
+            self.is_database = False
+            self.store = _open_store(self.path)
+            self.label_set = _store_label_set(self.store, labels)
+            ls = self.store.label_sets[self.label_set]
+            self.metadata = dict(self.store.source) if isinstance(self.store.source, dict) else {}
+            level = ls.level_of_theory
+            self.level_of_theory = LevelOfTheory.from_metadata({"name": level}) if level else None
+        else:
+            self.is_database = True
+            md = _open_metadata(self.path)
+            self.metadata = md
+            unit_dict = md.get("_property_unit_dict")
+            if not isinstance(unit_dict, dict) or "_distance_unit" not in md:
+                raise TaskDataError(
+                    f"{self.path}: the database has no units (metadata '_property_unit_dict' and "
+                    "'_distance_unit'); write it with spk_meta.data.write_database or spkconvert"
+                )
+            if energy_key not in unit_dict:
+                raise TaskDataError(
+                    f"{self.path}: no '{energy_key}' property (the database has: "
+                    f"{', '.join(unit_dict) or 'none'}); every task needs energies"
+                )
+            try:
+                self.store = pack_ase_database(self.path, energy_key, forces_key, cache=cache, progress=progress)
+            except StoreError as err:
+                raise TaskDataError(str(err)) from None
+            self.label_set = PACKED_DB_LABELS
+            ls = self.store.label_sets[self.label_set]
+            level = md.get(METADATA_KEY)
+            self.level_of_theory = (
+                LevelOfTheory.from_metadata(level) if isinstance(level, dict) and "name" in level else None
             )
-        if energy_key not in unit_dict:
-            raise TaskDataError(
-                f"{self.path}: no '{energy_key}' property (the database has: "
-                f"{', '.join(unit_dict) or 'none'}); every task needs energies"
-            )
-        self.has_forces = forces_key is not None and forces_key in unit_dict
+        self.has_forces = forces_key is not None and ls.has_forces
         self.forces_key = forces_key if self.has_forces else None
-        self.source_units = {k: unit_dict[k] for k in (energy_key, self.forces_key) if k}
-        self.source_units["_distance_unit"] = md["_distance_unit"]
+        self.source_units = {energy_key: ls.energy_unit, "_distance_unit": self.store.distance_unit}
+        if self.has_forces:
+            self.source_units[forces_key] = ls.forces_unit
         self.distance_unit = distance_unit
         self.units = {energy_key: energy_unit}
         if self.has_forces:
             self.units[forces_key] = forces_unit or f"{energy_unit}/{distance_unit}"
-        level = md.get(METADATA_KEY)
-        self.level_of_theory = (
-            LevelOfTheory.from_metadata(level) if isinstance(level, dict) and "name" in level else None
+        self._f_dist = _unit_factor(self.path, "positions", self.store.distance_unit, distance_unit)
+        self._f_energy = _unit_factor(self.path, energy_key, ls.energy_unit, energy_unit)
+        self._f_forces = (
+            _unit_factor(self.path, forces_key, ls.forces_unit, self.units[forces_key]) if self.has_forces else None
         )
-        self.metadata = md
-        self.spk_dataset = ASEAtomsData(
-            str(self.path),
-            load_properties=list(self.units),
-            property_units=dict(self.units),
-            distance_unit=distance_unit,
-        )
-        self._frames = self._read(nan_policy, progress)
-        self.elements = tuple(sorted({int(z) for z in np.unique(self._frames.numbers)}))
+        self._energy_mm = self.store.energy(self.label_set)
+        self._forces_mm = self.store.forces(self.label_set) if self.has_forces else None
+        self._select(nan_policy)
         self.reference: Optional[AtomicEnergies] = None
-        self._reference_energy = np.zeros(len(self._frames.energy))
+        self._reference_energy = np.zeros(len(self._frames))
 
     # -- reading -------------------------------------------------------------------------
 
-    def _read(self, nan_policy: str, progress: Optional[bool]) -> _Frames:
-        f_dist = _unit_factor(self.path, "positions", self.source_units["_distance_unit"], self.distance_unit)
-        e_unit = self.units[self.energy_key]
-        f_energy = _unit_factor(self.path, self.energy_key, self.source_units[self.energy_key], e_unit)
-        f_forces = (
-            _unit_factor(self.path, self.forces_key, self.source_units[self.forces_key], self.units[self.forces_key])
-            if self.has_forces
-            else None
-        )
-        db_index, n_atoms, numbers, positions, cells, pbcs, energies, forces = ([] for _ in range(8))
-        skipped: List[int] = []
-        with connect(str(self.path), use_lock_file=False) as conn:
-            total = conn.count()
-            if total == 0:
-                raise TaskDataError(f"{self.path}: the database holds no frames")
-            show = progress if progress is not None else total >= 10_000
-            rows = tqdm(conn.select(), total=total, desc=f"reading {self.name}", unit="frame", disable=not show)
-            for row in rows:
-                where = f"{self.path}: row {row.id}"
-                data = row.data
-                if self.energy_key not in data:
-                    raise TaskDataError(f"{where}: no '{self.energy_key}' value")
-                energy = np.asarray(data[self.energy_key], dtype=np.float64).reshape(-1)
-                if energy.size != 1:
-                    raise TaskDataError(f"{where}: '{self.energy_key}' must be one number, got shape {energy.shape}")
-                n = len(row.numbers)
-                force = None
-                if self.has_forces:
-                    if self.forces_key not in data:
-                        raise TaskDataError(f"{where}: no '{self.forces_key}' value")
-                    force = np.asarray(data[self.forces_key], dtype=np.float64)
-                    if force.shape != (n, 3):
-                        raise TaskDataError(
-                            f"{where}: '{self.forces_key}' must have shape ({n}, 3), got {force.shape}"
-                        )
-                finite = np.isfinite(energy).all() and (force is None or np.isfinite(force).all())
-                if not finite:
-                    if nan_policy == "fail":
-                        raise TaskDataError(
-                            f"{where}: NaN or inf in the labels (use nan_policy='skip' to drop such frames)"
-                        )
-                    skipped.append(row.id)
-                    continue
-                db_index.append(row.id - 1)
-                n_atoms.append(n)
-                numbers.append(np.asarray(row.numbers, dtype=np.int64))
-                positions.append(np.asarray(row.positions, dtype=np.float64))
-                cells.append(np.asarray(row.cell, dtype=np.float64).reshape(3, 3))
-                pbcs.append(np.asarray(row.pbc, dtype=bool))
-                energies.append(energy[0])
-                if force is not None:
-                    forces.append(force)
-        if skipped:
+    def _select(self, nan_policy: str) -> None:
+        """The frames served (finite labels), their atom counts and elements (index-sized)."""
+        store = self.store
+        if store.n_frames == 0:
+            raise TaskDataError(f"{self.path}: the {'database' if self.is_database else 'store'} holds no frames")
+        if self.has_forces:
+            kept = store.labelled(self.label_set)
+        else:  # an energy-only task ignores the forces the store may hold
+            kept = np.flatnonzero(np.isfinite(np.asarray(self._energy_mm)))
+        n_bad = store.n_frames - len(kept)
+        unit = "rows" if self.is_database else "frames"
+        if n_bad:
+            bad = np.setdiff1d(np.arange(store.n_frames), kept)[:10]
+            shown = (np.asarray(store.source_index[bad]) + 1).tolist() if self.is_database else bad.tolist()
+            if nan_policy == "fail":
+                what = f"row {shown[0]}" if self.is_database else f"frame {shown[0]}"
+                raise TaskDataError(
+                    f"{self.path}: {what}: NaN or inf in the labels (or none)"
+                    f"{'' if self.is_database else f' in label set {self.label_set!r}'}"
+                    f" ({n_bad} such frames; use nan_policy='skip' to drop them)"
+                )
             warnings.warn(
-                f"{self.path}: skipped {len(skipped)} of {total} frames with NaN/inf labels "
-                f"(rows {skipped[:10]}{' ...' if len(skipped) > 10 else ''})",
-                stacklevel=3,
+                f"{self.path}: skipped {n_bad} of {store.n_frames} frames with NaN/inf labels "
+                f"({unit} {shown}{' ...' if n_bad > 10 else ''})",
+                stacklevel=4,
             )
-        if not energies:
+        if len(kept) == 0:
             raise TaskDataError(f"{self.path}: no frame with finite labels")
-        db_index = np.asarray(db_index, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
-        numbers, positions, energies = np.concatenate(numbers), np.concatenate(positions), np.asarray(energies)
-        return _Frames(
-            db_index=db_index,
-            offsets=offsets,
-            numbers=numbers,
-            positions=positions * f_dist,
-            cell=np.stack(cells) * f_dist,
-            pbc=np.stack(pbcs),
-            energy=energies * f_energy,
-            forces=np.concatenate(forces) * f_forces if self.has_forces else None,
-            n_skipped=len(skipped),
-            skipped_rows=skipped,
-            fingerprint=fingerprint_arrays(db_index, offsets, numbers, positions, energies),
-        )
+        self._frames = kept.astype(np.int64)
+        self.n_skipped = int(n_bad)
+        offsets = np.asarray(store.offsets)
+        self._n_atoms = offsets[kept + 1] - offsets[kept]
+        seen = np.zeros(256, dtype=bool)
+        for _, numbers, _ in _scan(store, self._frames):
+            seen[np.unique(numbers)] = True
+        self.elements = tuple(int(z) for z in np.flatnonzero(seen))
 
     # -- access --------------------------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self._frames.energy)
-
-    @property
-    def n_skipped(self) -> int:
-        """Frames dropped for NaN/inf labels (``nan_policy="skip"``)."""
-        return self._frames.n_skipped
+        return len(self._frames)
 
     def identity(self) -> DatabaseIdentity:
-        """What a saved split of this task is checked against: the database, the number
-        of frames served and a fingerprint of their rows, atoms, positions and energies."""
-        return DatabaseIdentity(path=str(self.path), n_frames=len(self), fingerprint=self._frames.fingerprint)
+        """What a saved split of this task is checked against, without reading frames:
+        the path, the number of frames served and a fingerprint of the store's content
+        (a database's content digest, taken when it was packed; a store's ``store.json``,
+        which records its source and sizes), its label set and the rows served."""
+        if self.is_database:
+            content = str(self.store.source.get("content_sha256", ""))
+        else:
+            content = hashlib.sha256((self.store.path / META_FILE).read_bytes()).hexdigest()
+        h = hashlib.sha256()
+        h.update(json.dumps({"content": content, "labels": self.label_set}, sort_keys=True).encode())
+        h.update(np.ascontiguousarray(self.db_index).tobytes())
+        return DatabaseIdentity(path=str(self.path), n_frames=len(self), fingerprint="v2:" + h.hexdigest())
+
+    @property
+    def store_index(self) -> np.ndarray:
+        """Store frame of each served frame, ascending, shape ``(len(self),)``."""
+        return self._frames
 
     @property
     def db_index(self) -> np.ndarray:
-        """Database row index (row id - 1) of each frame, shape ``(len(self),)``."""
-        return self._frames.db_index
+        """Row of each frame as saved in split files, shape ``(len(self),)``: the database
+        row (row id - 1) for a database, the store frame for a store."""
+        if self.is_database:
+            return np.asarray(self.store.source_index[self._frames])
+        return self._frames
 
     @property
     def energies(self) -> np.ndarray:
-        """Total energies in the target unit, before the reference is subtracted, ``(len(self),)``."""
-        return self._frames.energy
+        """Total energies in the target unit, before the reference is subtracted,
+        ``(len(self),)`` (read from the store on each call)."""
+        return np.asarray(self._energy_mm[self._frames]) * self._f_energy
 
     @property
     def reference_energies(self) -> np.ndarray:
@@ -322,12 +404,35 @@ class TaskData(torch.utils.data.Dataset):
 
     def numbers(self, i: int) -> np.ndarray:
         """Atomic numbers of frame ``i``, shape ``(n_atoms,)``."""
-        f = self._frames
-        return f.numbers[f.offsets[i] : f.offsets[i + 1]]
+        s = self.store.atoms_slice(int(self._frames[i]))
+        return np.asarray(self.store.numbers_all[s], dtype=np.int64)
 
     def n_atoms(self) -> np.ndarray:
         """Number of atoms per frame, shape ``(len(self),)``."""
-        return np.diff(self._frames.offsets)
+        return self._n_atoms
+
+    def element_counts(self, positions: np.ndarray, elements: Sequence[int]) -> np.ndarray:
+        """Composition matrix of the frames at ``positions`` (ascending), read in chunks:
+        ``(len(positions), len(elements))`` float64 counts of each element.
+
+        Raises:
+            TaskDataError: a frame holds an element not in ``elements``.
+        """
+        positions = np.asarray(positions, dtype=np.int64)
+        column = np.full(256, -1, dtype=np.int64)
+        column[np.asarray(elements, dtype=np.int64)] = np.arange(len(elements))
+        out = np.zeros((len(positions), len(elements)))
+        if len(positions) and np.any(np.diff(positions) < 0):
+            raise ValueError("positions must be ascending")
+        for rows, numbers, owner in _scan(self.store, self._frames[positions]):
+            col = column[numbers]
+            if (col < 0).any():
+                z = int(numbers[col < 0][0])
+                raise TaskDataError(f"task '{self.name}' ({self.path}): {chemical_symbols[z]} not in the fitted elements")
+            out[rows] = np.bincount(owner * len(elements) + col, minlength=len(rows) * len(elements)).reshape(
+                len(rows), len(elements)
+            )
+        return out
 
     def set_reference(self, reference: Optional[AtomicEnergies]) -> None:
         """Subtract ``sum_i E0[Z_i]`` of ``reference`` from every energy served (None: nothing)."""
@@ -335,18 +440,21 @@ class TaskData(torch.utils.data.Dataset):
         if reference is None:
             self._reference_energy = np.zeros(len(self))
             return
-        table = np.zeros(max(max(self.elements), max(reference.elements)) + 1)
         missing = set(self.elements) - set(reference.elements)
         if missing:
             raise TaskDataError(
                 f"task '{self.name}' ({self.path}): the energy reference has no value for "
                 + ", ".join(chemical_symbols[z] for z in sorted(missing))
             )
+        table = np.zeros(256)
         for z, v in zip(reference.elements, reference.values):
             table[z] = v
-        f = self._frames
-        per_atom = table[f.numbers]
-        self._reference_energy = np.add.reduceat(per_atom, f.offsets[:-1]) if len(f.numbers) else np.zeros(0)
+        out = np.empty(len(self))
+        for rows, numbers, owner in _scan(self.store, self._frames):
+            per_atom = table[numbers]
+            starts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(rows)))[:-1]])
+            out[rows] = np.add.reduceat(per_atom, starts)
+        self._reference_energy = out
 
     def atomrefs(self, zmax: int = 100) -> Dict[str, torch.Tensor]:
         """SchNetPack's atomref table of the subtracted reference: ``{energy_key: (zmax,)}``."""
@@ -355,21 +463,33 @@ class TaskData(torch.utils.data.Dataset):
         return {self.energy_key: torch.from_numpy(self.reference.to_atomref(zmax))}
 
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
-        f = self._frames
-        a, b = int(f.offsets[i]), int(f.offsets[i + 1])
+        f = int(self._frames[i])
+        store = self.store
+        a, b = int(store.offsets[f]), int(store.offsets[f + 1])
         sample = {
-            structure.idx: torch.tensor([f.db_index[i]]),
-            self.energy_key: torch.tensor([f.energy[i] - self._reference_energy[i]]),
+            structure.idx: torch.tensor([int(store.source_index[f]) if self.is_database else f]),
+            self.energy_key: torch.tensor([float(self._energy_mm[f]) * self._f_energy - self._reference_energy[i]]),
         }
-        if f.forces is not None:
-            sample[self.forces_key] = torch.tensor(f.forces[a:b])
+        if self._forces_mm is not None:
+            sample[self.forces_key] = torch.from_numpy(np.asarray(self._forces_mm[a:b]) * self._f_forces)
         sample[structure.n_atoms] = torch.tensor([b - a])
-        sample[structure.Z] = torch.tensor(f.numbers[a:b])
-        sample[structure.position] = torch.tensor(f.positions[a:b])
-        sample[structure.cell] = torch.tensor(f.cell[i][None])
-        sample[structure.pbc] = torch.tensor(f.pbc[i])
+        sample[structure.Z] = torch.from_numpy(np.asarray(store.numbers_all[a:b], dtype=np.int64))
+        sample[structure.position] = torch.from_numpy(np.asarray(store.positions_all[a:b]) * self._f_dist)
+        sample[structure.cell] = torch.from_numpy(np.asarray(store.cell[f])[None] * self._f_dist)
+        sample[structure.pbc] = torch.from_numpy(np.array(store.pbc[f]))
         sample[properties.task] = torch.tensor([self.index])
         return sample
+
+    def __getstate__(self) -> dict:
+        # memory maps would be pickled with their data: a worker re-opens the store instead
+        state = dict(self.__dict__)
+        state["_energy_mm"] = state["_forces_mm"] = None
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._energy_mm = self.store.energy(self.label_set)
+        self._forces_mm = self.store.forces(self.label_set) if self.has_forces else None
 
     def __repr__(self) -> str:
         level = self.level_of_theory.name if self.level_of_theory else "unknown level"
@@ -390,7 +510,9 @@ class TaskSubset(torch.utils.data.Dataset):
         indices: positions in ``data`` (not database rows), shape ``(n,)``.
         transforms: SchNetPack transforms applied to each sample, in order.
         cache: keep transformed samples in memory. ``None``: cache exactly when all
-            transforms are deterministic (:func:`transforms_are_deterministic`).
+            transforms are deterministic (:func:`transforms_are_deterministic`) and the
+            task has at most :data:`LARGE_TASK_FRAMES` frames (a large task's samples
+            would fill memory; its neighbour lists are built in DataLoader workers).
     """
 
     def __init__(
@@ -403,7 +525,9 @@ class TaskSubset(torch.utils.data.Dataset):
         self.data = data
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transforms = list(transforms or [])
-        self.cache_enabled = transforms_are_deterministic(self.transforms) if cache is None else bool(cache)
+        if cache is None:
+            cache = transforms_are_deterministic(self.transforms) and len(data) <= LARGE_TASK_FRAMES
+        self.cache_enabled = bool(cache)
         self._cache: Dict[int, Dict[str, torch.Tensor]] = {}
 
     def __len__(self) -> int:
@@ -436,9 +560,10 @@ class TaskDataset(MappingABC):
     """Tasks by name: ``TaskDataset({"wb97x_6-31gs": "wb97x.db", ...})``.
 
     Args:
-        tasks: mapping ``name -> database path``, or a sequence of paths (each named by
-            the slug of its level of theory, else of its file name). Relative paths are
-            resolved against ``base_dir``.
+        tasks: mapping ``name -> task`` or a sequence of tasks (each named by the slug of
+            its level of theory, else of its file name); a task is a database path, a
+            store path, ``"STORE@LABELS"`` or ``{path: STORE, labels: LABELS}`` (see the
+            module docstring). Relative paths are resolved against ``base_dir``.
         energy_key, forces_key, distance_unit, energy_unit, forces_unit, nan_policy, progress: see
             :class:`TaskData`; shared by all tasks, so every task ends in one unit system.
         base_dir: where relative paths start; ``None``: :func:`start_directory` (where
@@ -462,11 +587,12 @@ class TaskDataset(MappingABC):
     ):
         named = self._name_tasks(tasks, base_dir)
         self._tasks: Dict[str, TaskData] = {}
-        for i, (name, path) in enumerate(named):
+        for i, (name, path, labels) in enumerate(named):
             self._tasks[name] = TaskData(
                 name,
                 path,
                 index=i,
+                labels=labels,
                 energy_key=energy_key,
                 forces_key=forces_key,
                 distance_unit=distance_unit,
@@ -481,20 +607,23 @@ class TaskDataset(MappingABC):
         if isinstance(tasks, (str, Path)):
             tasks = [tasks]
         if isinstance(tasks, MappingABC) or hasattr(tasks, "items"):
-            given = [(str(k), str(v)) for k, v in tasks.items()]
+            given = [(str(k), v) for k, v in tasks.items()]
         else:
-            given = [(None, str(p)) for p in tasks]
+            given = [(None, p) for p in tasks]
         named = []
-        for name, path in given:
-            resolved = resolve_task_path(path, base_dir)
+        for name, value in given:
+            resolved, labels = parse_task_source(value, base_dir)
             if not resolved.exists():
-                where = "" if Path(path).expanduser() == resolved else f" (resolved to {resolved})"
-                raise TaskDataError(f"{path}{where}: no such task database")
-            named.append((task_name_from_database(resolved) if name is None else name, resolved))
+                text = str(value.get("path") if hasattr(value, "get") else value)
+                where = "" if Path(text).expanduser() == resolved else f" (resolved to {resolved})"
+                raise TaskDataError(f"{text}{where}: no such task database")
+            if name is None:
+                name = task_name_from_database(resolved, labels)
+            named.append((name, resolved, labels))
         if not named:
             raise TaskDataError("no tasks given: pass a mapping of task names to database paths")
         seen: Dict[str, Path] = {}
-        for name, path in named:
+        for name, path, _ in named:
             if not name or name != name.strip():
                 raise TaskDataError(f"{path}: invalid task name {name!r}")
             if name in seen:
