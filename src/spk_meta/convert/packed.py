@@ -16,9 +16,7 @@ the reasons, their order and their counts of the per-level database path
 Nothing here loops over frames in Python, which is what makes the packed path fast.
 """
 
-from array import array
 from collections import Counter
-from pathlib import Path
 from typing import Dict, Iterable, Optional, Set, Tuple
 
 import numpy as np

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Set, Type
 
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 from tqdm.auto import tqdm
 
 from spk_meta.convert.ani import ANI1xReader, ANIDatasetReader
 from spk_meta.convert.ase_files import ASEReader
-from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame, SourceGroup
+from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame
 from spk_meta.convert.outdir import OutputFolder, check_outdir
 from spk_meta.convert.outliers import EnergyOutliers, OutlierReport
 from spk_meta.convert.packed import label_sets, write_packed
@@ -24,6 +24,7 @@ from spk_meta.convert.spice import SpiceReader
 from spk_meta.convert.transition1x import Transition1xReader
 from spk_meta.data.store import STORE_SUFFIX, StoreError, StoreWriter, file_identity
 from spk_meta.data.writer import DatabaseWriter
+from spk_meta.utils.elements import atomic_numbers_of
 
 READERS: Dict[str, Type[Reader]] = {
     r.name: r for r in (ANI1xReader, ANIDatasetReader, QM7XReader, Transition1xReader, RMD17Reader, SpiceReader, ASEReader)
@@ -105,17 +106,10 @@ def parse_elements(elements: Optional[Iterable]) -> Optional[Set[int]]:
     """``["H", "C", 7]`` or ``"H,C,N,O"`` -> atomic numbers; unknown symbols are named."""
     if elements is None:
         return None
-    if isinstance(elements, str):
-        elements = [e for e in elements.split(",") if e.strip()]
-    out = set()
-    for e in elements:
-        if isinstance(e, (int, np.integer)):
-            out.add(int(e))
-        elif str(e).strip() in atomic_numbers:
-            out.add(atomic_numbers[str(e).strip()])
-        else:
-            raise ConversionError(f"--elements: unknown element '{e}'")
-    return out
+    try:
+        return set(atomic_numbers_of(elements))
+    except ValueError as err:
+        raise ConversionError(f"--elements: {err}") from None
 
 
 def _check_count(name: str, value: Any, minimum: int) -> None:
