@@ -14,7 +14,7 @@ from schnetpack.interfaces import AtomsConverter
 
 from conftest import VENV_BIN, run_cli
 from spk_meta.atomistic import ElementwiseAtomwise
-from spk_meta.model.compat import model_cutoff
+from spk_meta.model.preflight import model_cutoff
 from spk_meta.representation import ANI
 
 CUTOFF = 5.2

@@ -22,7 +22,7 @@ from spk_meta.data import (
     task_sampling_weights,
     write_database,
 )
-from spk_meta.model.compat import ModelDataMismatch, check_model_against_data
+from spk_meta.model.preflight import ModelDataMismatch, check_model_against_data
 
 PRETRAIN = {
     "wb97x_6-31gs": "pretrain_wb97x_631gs_300K",

@@ -21,36 +21,31 @@ from schnetpack.nn import scatter_add
 from torch import nn
 from torchani.nn import ANINetworks, AtomicNetwork, parse_activation
 
-from spk_meta.representation.ani import element_symbols, lookup_species, species_lookup_table
+from spk_meta.utils.elements import element_symbols, lookup_species, species_lookup_table
 
 __all__ = ["ElementwiseAtomwise", "copy_element_weights", "OUTPUT_PRESETS"]
 
-#: Preset -> (input width, hidden sizes per element in torchani's element order).
-#: Taken from torchani 2.9 ``torchani/nn/_containers.py`` (``ANINetworks.like_1x`` /
-#: ``ANINetworks.like_2x``); all use CELU(alpha=0.1) and biases.
-OUTPUT_PRESETS: Dict[str, Tuple[int, Dict[str, Tuple[int, ...]]]] = {
-    "ani1x": (
-        384,
-        {
-            "H": (160, 128, 96),
-            "C": (144, 112, 96),
-            "N": (128, 112, 96),
-            "O": (128, 112, 96),
-        },
-    ),
-    "ani2x": (
-        1008,
-        {
-            "H": (256, 192, 160),
-            "C": (224, 192, 160),
-            "N": (192, 160, 128),
-            "O": (192, 160, 128),
-            "S": (160, 128, 96),
-            "F": (160, 128, 96),
-            "Cl": (160, 128, 96),
-        },
-    ),
-}
+#: Preset -> torchani's ``ANINetworks`` constructor; the layer sizes are read from the
+#: networks it builds, so they follow torchani (CELU(alpha=0.1), biases).
+OUTPUT_PRESETS = {"ani1x": ANINetworks.like_1x, "ani2x": ANINetworks.like_2x}
+
+
+def preset_layout(preset: str, symbols: Optional[Sequence[str]] = None) -> Tuple[int, Dict[str, Tuple[int, ...]]]:
+    """``(input width, {symbol: hidden sizes})`` of torchani's preset networks.
+
+    Args:
+        preset: ``"ani1x"`` or ``"ani2x"``.
+        symbols: elements to size (torchani's default sizes for elements outside the
+            preset); default: the preset's own elements.
+    """
+    build = OUTPUT_PRESETS[preset]
+    nets = build() if symbols is None else build(symbols=tuple(symbols))
+    layout, n_in = {}, None
+    for symbol, net in nets.atomics.items():
+        dims = [layer.weight.shape for layer in _linear_layers(net)]
+        n_in = int(dims[0][1])
+        layout[symbol] = tuple(int(d[0]) for d in dims[:-1])
+    return n_in, layout
 
 
 def _resolve_layout(
@@ -63,7 +58,7 @@ def _resolve_layout(
     if preset is None:
         preset_n_in, preset_hidden = None, {}
     elif preset in OUTPUT_PRESETS:
-        preset_n_in, preset_hidden = OUTPUT_PRESETS[preset]
+        preset_n_in, preset_hidden = preset_layout(preset)
     else:
         raise ValueError(f"Unknown preset {preset!r}; use one of {list(OUTPUT_PRESETS)} or None")
     symbols = element_symbols(list(preset_hidden) if elements is None else elements)

@@ -13,7 +13,7 @@ from schnetpack.interfaces import AtomsConverter, SpkCalculator
 from schnetpack.transform import AddOffsets, MatScipyNeighborList
 
 from spk_meta.evaluate.metrics import error_metrics
-from spk_meta.model.compat import model_cutoff
+from spk_meta.model.preflight import model_cutoff
 from spk_meta.model.loading import load_model
 from spk_meta.utils.schnetpack_compat import offsets_property
 

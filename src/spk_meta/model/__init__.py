@@ -1,7 +1,7 @@
 """Model-side helpers: pre-flight checks against the data, loading model files safely,
 pre-trained models."""
 
-from spk_meta.model.compat import (
+from spk_meta.model.preflight import (
     ModelDataMismatch,
     check_model_against_data,
     data_labels,

@@ -36,6 +36,8 @@ from torch import nn
 from torchani.aev import AEVComputer
 from torchani.neighbors import Neighbors
 
+from spk_meta.utils.elements import element_symbols, lookup_species, species_lookup_table
+
 __all__ = ["ANI", "PRESETS", "element_symbols", "half_neighbor_mask", "lookup_species"]
 
 #: Preset name -> (torchani constructor, default elements, in torchani's order).
@@ -58,82 +60,6 @@ AEV_PARAMETERS = (
     "angular_num_shifts",
     "angular_num_sections",
 )
-
-
-def element_symbols(elements: Sequence[Union[int, str]]) -> Tuple[str, ...]:
-    """Normalise a list of atomic numbers and/or symbols to chemical symbols.
-
-    Raises:
-        ValueError: for unknown symbols/atomic numbers or duplicates.
-    """
-    symbols = []
-    for e in elements:
-        if isinstance(e, str) and e.strip().isdigit():
-            e = int(e)
-        if isinstance(e, str):
-            if e not in _ATOMIC_NUMBERS or e == "X":
-                raise ValueError(f"Unknown chemical symbol {e!r}")
-            symbols.append(e)
-        else:
-            z = int(e)
-            if not 0 < z < len(_SYMBOLS):
-                raise ValueError(f"Unknown atomic number {z}")
-            symbols.append(_SYMBOLS[z])
-    if len(set(symbols)) != len(symbols):
-        raise ValueError(f"Duplicate elements in {list(elements)}")
-    if not symbols:
-        raise ValueError("At least one element is required")
-    return tuple(symbols)
-
-
-def species_lookup_table(symbols: Sequence[str]) -> torch.Tensor:
-    """Long tensor ``(119,)`` mapping atomic number -> element index, -1 if unsupported."""
-    table = torch.full((len(_SYMBOLS),), -1, dtype=torch.long)
-    for idx, s in enumerate(symbols):
-        table[_ATOMIC_NUMBERS[s]] = idx
-    return table
-
-
-def lookup_species(
-    atomic_numbers: torch.Tensor,
-    table: torch.Tensor,
-    supported: List[str],
-    symbols: List[str],
-    who: str,
-) -> torch.Tensor:
-    """Map atomic numbers to element indices via ``table``; TorchScript-compatible.
-
-    Args:
-        atomic_numbers: ``(n_atoms,)`` integer tensor.
-        table: ``(119,)`` long tensor from ``species_lookup_table``.
-        supported: supported chemical symbols (for the error message).
-        symbols: all chemical symbols indexed by atomic number (``ase.data``).
-        who: module name for the error message.
-
-    Returns:
-        ``(n_atoms,)`` long tensor of element indices.
-
-    Raises:
-        ValueError: naming every unsupported element, e.g. ``Si (Z=14)``.
-    """
-    z = atomic_numbers.long()
-    n = table.shape[0]
-    idx = table[z.clamp(0, n - 1)]
-    bad = (idx < 0) | (z < 0) | (z >= n)
-    if bool(bad.any()):
-        bad_z: List[int] = torch.unique(z[bad]).tolist()
-        names: List[str] = []
-        for b in bad_z:
-            if 0 < b < len(symbols):
-                names.append("{} (Z={})".format(symbols[b], b))
-            else:
-                names.append("Z={}".format(b))
-        raise ValueError(
-            "{} does not support element(s) {}; supported elements: {}".format(
-                who, ", ".join(names), ", ".join(supported)
-            )
-        )
-    return idx
 
 
 def half_neighbor_mask(

@@ -8,7 +8,7 @@ import schnetpack as spk
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from spk_meta.model.compat import (
+from spk_meta.model.preflight import (
     check_model_against_data,
     data_elements,
     drop_unlabelled_outputs,

@@ -16,7 +16,8 @@ from ase.db import connect
 from schnetpack.atomistic import Forces, Response
 from schnetpack.task import UnsupervisedModelOutput
 from schnetpack.transform import AddOffsets
-from schnetpack.transform.neighborlist import NeighborListTransform
+
+from spk_meta.utils import schnetpack_compat
 
 
 class ModelDataMismatch(ValueError):
@@ -51,8 +52,9 @@ def model_cutoff(model: torch.nn.Module) -> Optional[float]:
 def neighbor_list_cutoff(transforms: Optional[Iterable[torch.nn.Module]]) -> Optional[float]:
     """The cutoff (Ang) of the first SchNetPack neighbour-list transform, if any."""
     for t in transforms or []:
-        if isinstance(t, NeighborListTransform):
-            return float(t._cutoff)
+        cutoff = schnetpack_compat.neighbor_list_cutoff(t)
+        if cutoff is not None:
+            return cutoff
     return None
 
 
@@ -163,7 +165,7 @@ def restore_fitted_references(model: torch.nn.Module, datamodule) -> int:
     key = getattr(datamodule, "energy_key", None)
     changed = 0
     for pp in getattr(model, "postprocessors", []):
-        if isinstance(pp, AddOffsets) and pp._property == key and not pp.add_atomrefs:
+        if isinstance(pp, AddOffsets) and schnetpack_compat.offsets_property(pp) == key and not pp.add_atomrefs:
             warnings.warn(
                 f"AddOffsets({key}) gets add_atomrefs=True: the data module subtracts each "
                 "task's fitted per-element energies, and the model must add them back",
