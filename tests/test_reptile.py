@@ -190,14 +190,20 @@ def test_outer_lr_anneals_over_the_whole_run_by_default(make_dm, limit, k, expec
 
 
 def test_task_sampling_follows_the_data_modules_weights(make_dm):
+    """Training draws its episodes from the task sampler (same seed -> same task sequence),
+    and the sampler's frequencies follow the data module's weights (size: 100/20/20)."""
     dm = make_dm(num_train={"wb97x_6-31gs": 100, "b3lyp_def2-svp": 20, "hf_def2-svp": 20},
                  task_sampling="size")
     seen = record_batches(dm)
     task = ReptileTask(tiny_model(), outputs(), inner_steps=1, sampling_seed=0)
-    trainer(max_steps=400).fit(task, datamodule=dm)
-    counts = Counter(name for name, _ in seen)
-    assert counts["wb97x_6-31gs"] / 400 == pytest.approx(100 / 140, abs=0.07)
-    assert counts["hf_def2-svp"] / 400 == pytest.approx(20 / 140, abs=0.06)
+    trainer(max_steps=30).fit(task, datamodule=dm)
+    twin = ReptileTask(tiny_model(), outputs(), inner_steps=1, sampling_seed=0)
+    trainer(max_steps=1).fit(twin, datamodule=dm)  # sets the sampler up and draws once
+    expected = [seen[30][0]] + [twin.sample_task() for _ in range(29)]
+    assert [name for name, _ in seen[:30]] == expected
+    counts = Counter(task.sample_task() for _ in range(5000))
+    assert counts["wb97x_6-31gs"] / 5000 == pytest.approx(100 / 140, abs=0.025)
+    assert counts["hf_def2-svp"] / 5000 == pytest.approx(20 / 140, abs=0.02)
 
 
 def test_energy_only_task_trains_on_energies(ethanol, tmp_path):
