@@ -1,13 +1,14 @@
-"""Task databases: one SchNetPack ASE database per level of theory."""
+"""Tasks: one level of theory each, an ASE database or a packed store's label set, read lazily."""
 
 from spk_meta.data.contract import EpisodicTaskData, missing_members
 from spk_meta.data.datamodule import ConcatTaskSubsets, TaskDataModule
 from spk_meta.data.errors import TaskDataError, TaskSplitMismatch
-from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
+from spk_meta.data.sampling import PseudoRandomPermutation, TaskBatchSampler, TaskBatchStream, task_sampling_weights
 from spk_meta.data.task_dataset import (
     TaskData,
     TaskDataset,
     TaskSubset,
+    parse_task_source,
     resolve_task_path,
     start_directory,
     task_name_from_database,
@@ -48,6 +49,8 @@ __all__ = [
     "ConcatTaskSubsets",
     "TaskBatchSampler",
     "TaskBatchStream",
+    "PseudoRandomPermutation",
+    "parse_task_source",
     "TaskData",
     "TaskDataError",
     "TaskDataModule",

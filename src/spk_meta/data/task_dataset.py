@@ -160,6 +160,16 @@ def _open_metadata(path: Path) -> dict:
         raise TaskDataError(f"{path}: not a readable ASE database ({err})") from None
 
 
+def _parse_level(name: Optional[str]) -> Optional[LevelOfTheory]:
+    """A store label set's level of theory (``None`` if absent or not METHOD/BASIS)."""
+    if not name:
+        return None
+    try:
+        return LevelOfTheory.parse(name)
+    except ValueError:
+        return None
+
+
 def _open_store(path: Path) -> PackedStore:
     try:
         return PackedStore(path)
@@ -195,7 +205,7 @@ def task_name_from_database(path: PathLike, labels: Optional[str] = None) -> str
     return level_slug(path.stem)
 
 
-def _scan(store: PackedStore, frames: np.ndarray, chunk: int = SCAN_CHUNK_FRAMES) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def _scan(store: PackedStore, frames: np.ndarray, chunk: Optional[int] = None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The atomic numbers of ``frames`` (ascending store frames), chunk by chunk.
 
     Yields ``(positions in frames (m,), numbers (n_atoms,) int64, frame of each atom (n_atoms,))``
@@ -203,6 +213,7 @@ def _scan(store: PackedStore, frames: np.ndarray, chunk: int = SCAN_CHUNK_FRAMES
     requested frames, read from contiguous slices of ``numbers.npy``.
     """
     offsets = store.offsets
+    chunk = int(chunk or SCAN_CHUNK_FRAMES)
     for a in range(0, len(frames), chunk):
         sel = frames[a : a + chunk]
         lo, hi = int(sel[0]), int(sel[-1]) + 1
@@ -273,7 +284,7 @@ class TaskData(torch.utils.data.Dataset):
             ls = self.store.label_sets[self.label_set]
             self.metadata = dict(self.store.source) if isinstance(self.store.source, dict) else {}
             level = ls.level_of_theory
-            self.level_of_theory = LevelOfTheory.from_metadata({"name": level}) if level else None
+            self.level_of_theory = _parse_level(level)
         else:
             self.is_database = True
             md = _open_metadata(self.path)
@@ -366,16 +377,28 @@ class TaskData(torch.utils.data.Dataset):
     def identity(self) -> DatabaseIdentity:
         """What a saved split of this task is checked against, without reading frames:
         the path, the number of frames served and a fingerprint of the store's content
-        (a database's content digest, taken when it was packed; a store's ``store.json``,
-        which records its source and sizes), its label set and the rows served."""
+        (a database's content digest, taken when it was packed; for a store, index-sized
+        reads only, see :meth:`_store_digest`), its label set and the rows served."""
         if self.is_database:
             content = str(self.store.source.get("content_sha256", ""))
         else:
-            content = hashlib.sha256((self.store.path / META_FILE).read_bytes()).hexdigest()
+            content = self._store_digest()
         h = hashlib.sha256()
         h.update(json.dumps({"content": content, "labels": self.label_set}, sort_keys=True).encode())
         h.update(np.ascontiguousarray(self.db_index).tobytes())
         return DatabaseIdentity(path=str(self.path), n_frames=len(self), fingerprint="v2:" + h.hexdigest())
+
+    def _store_digest(self, n_sampled: int = 64) -> str:
+        """Digest of a store's content from index-sized reads: ``store.json`` (source,
+        sizes, units), the atom offsets, this label set's energies, and the positions of
+        ``n_sampled`` evenly spaced frames."""
+        store = self.store
+        h = hashlib.sha256((store.path / META_FILE).read_bytes())
+        h.update(np.ascontiguousarray(store.offsets).tobytes())
+        h.update(np.ascontiguousarray(self._energy_mm).tobytes())
+        for f in np.unique(np.linspace(0, store.n_frames - 1, n_sampled).astype(np.int64)):
+            h.update(np.ascontiguousarray(store.positions_all[store.atoms_slice(int(f))]).tobytes())
+        return h.hexdigest()
 
     @property
     def store_index(self) -> np.ndarray:
