@@ -37,6 +37,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from spk_meta.data.writer import pid_alive
+from spk_meta.utils.atomic import AllOrNothing
 
 PathLike = Union[str, Path]
 
@@ -162,7 +163,7 @@ class _GrowingArray:
 # -- writing ------------------------------------------------------------------------------
 
 
-class StoreWriter:
+class StoreWriter(AllOrNothing):
     """Stream frames into a new packed store; complete under its final name or not at all.
 
     Use as a context manager::
@@ -374,15 +375,6 @@ class StoreWriter:
             arr.abort()
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._closed = True
-
-    def __enter__(self) -> "StoreWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:

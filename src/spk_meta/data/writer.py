@@ -20,6 +20,7 @@ from schnetpack.data import ASEAtomsData
 from tqdm.auto import tqdm
 
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory
+from spk_meta.utils.atomic import AllOrNothing
 
 DEFAULT_UNITS = {spk_props.energy: "eV", spk_props.forces: "eV/Ang"}
 
@@ -132,7 +133,7 @@ def _frame_properties(
     return props
 
 
-class DatabaseWriter:
+class DatabaseWriter(AllOrNothing):
     """Stream frames into a new SchNetPack ASE database, renamed into place on ``close()``.
 
     The building block of :func:`write_database` and of the converters, which fill one
@@ -205,15 +206,6 @@ class DatabaseWriter:
         except BaseException:
             self.abort()
             raise
-
-    def __enter__(self) -> "DatabaseWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
     def add(
         self,

@@ -31,3 +31,23 @@ def atomic_path(final: Union[str, Path], overwrite: bool = False) -> Iterator[Pa
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+class AllOrNothing:
+    """Writer protocol: ``with Writer(...) as w:`` calls ``close()`` (which puts the output
+    in place) on success and ``abort()`` (which drops everything) on an exception."""
+
+    def close(self):  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def abort(self) -> None:  # pragma: no cover - implemented by the writer
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
