@@ -4,8 +4,10 @@ Both read the same embedded task database (wB97X/6-31G* ethanol, 200 frames, spl
 160/20/20) through the same transforms (``MatScipyNeighborList(5.2)``, ``CastTo32``),
 batch size 16, 0 workers (the setting of our configs), and are iterated for the same
 number of training epochs, interleaved (ours, theirs, ours, ...) so background load hits
-both alike. Our first epoch includes reading the database and building every neighbour
-list; SchNetPack reads SQLite rows and rebuilds neighbour lists every epoch.
+both alike. Our setup opens the database's packed store (packing it into the cache on the
+first run ever) and our first epoch reads each frame from it and builds every neighbour
+list, cached for later epochs (a small task); SchNetPack reads SQLite rows and rebuilds
+neighbour lists every epoch.
 
 To put the numbers in context the script also times one ANI training step (forward,
 forces by autograd, backward, Adam) on such a batch and prints the fraction of a step

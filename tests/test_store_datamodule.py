@@ -263,3 +263,37 @@ def test_a_large_stream_pass_covers_the_split_once(monkeypatch):
     second = sum((next(stream) for _ in range(13)), [])
     assert sorted(first) == sorted(second) == list(range(101)) and first != second
     assert isinstance(stream._order, PseudoRandomPermutation) and stream.passes == 1
+
+
+def _store_rss_kb(folder) -> int:
+    """Resident KB of this process's mappings of files under ``folder`` (/proc/self/smaps)."""
+    total, current = 0, ""
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                current = head[-1] if len(head) >= 6 else ""
+            elif line.startswith("Rss:") and current.startswith(str(folder)):
+                total += int(head[1])
+    return total
+
+
+@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED"), reason="needs madvise")
+def test_store_pages_read_by_samples_do_not_accumulate(tmp_path, monkeypatch):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.spkstore"
+    with StoreWriter(path, [LabelSet("a")]) as w:
+        for _ in range(200):  # 40 000 frames of 12 atoms: 23 MB of positions and forces
+            w.add_conformers(np.array([6, 6, 8, 1, 1, 1, 1, 1, 1, 7, 1, 1]), rng.normal(size=(200, 12, 3)),
+                             {"a": (rng.normal(size=200), rng.normal(size=(200, 12, 3)))})
+    order = rng.permutation(40_000)[:3000]
+    resident = {}
+    for every in (10**9, 32):
+        monkeypatch.setattr(task_dataset_module, "RELEASE_EVERY", every)
+        data = TaskData("t", path)
+        for i in order:
+            data[int(i)]
+        resident[every] = _store_rss_kb(path)
+        del data
+    assert resident[10**9] > 20_000  # without releasing: most of the 27 MB store is mapped in
+    assert resident[32] < resident[10**9] / 3  # released every 32 samples: what the last ones read

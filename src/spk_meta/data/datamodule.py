@@ -1,7 +1,8 @@
 """``TaskDataModule``: per-task splits, energy references, transforms and loaders.
 
-The data side of multi-fidelity training. It reads each task database once
-(:class:`~spk_meta.data.TaskDataset`), splits every task (the split is saved in the run
+The data side of multi-fidelity training. It opens each task
+(:class:`~spk_meta.data.TaskDataset`: an ASE database, packed once into the cache, or a
+packed store's label set), splits every task (the split is saved in the run
 directory and reused on resume), fits each task's per-element energy reference on its
 training split and subtracts it from that task's energies, applies SchNetPack transforms
 per task (caching deterministic ones) and serves:
@@ -104,11 +105,13 @@ class ConcatTaskSubsets(torch.utils.data.ConcatDataset):
 
 
 class TaskDataModule(pl.LightningDataModule):
-    """Lightning data module over one SchNetPack ASE database per level of theory.
+    """Lightning data module over one task per level of theory, read lazily from disk.
 
     Args:
-        tasks: ``{name: database}`` (names are task names, conventionally level-of-theory
-            slugs) or a list of databases (named by the slug in their metadata).
+        tasks: ``{name: task}`` (names are task names, conventionally level-of-theory
+            slugs) or a list of tasks (named by the slug of their level); a task is an ASE
+            database, a packed store, ``"STORE@LABELS"`` or ``{path: STORE, labels:
+            LABELS}`` (:func:`~spk_meta.data.parse_task_source`).
         batch_size: structures per batch (every batch holds one task).
         num_train, num_val, num_test: per task, an ``int`` count or a ``float`` fraction;
             or a mapping ``{task: value}``. ``num_test=None``: the remaining frames.

@@ -26,6 +26,7 @@ transforms are deterministic (neighbour lists, casts, centring).
 
 import hashlib
 import json
+import mmap
 import os
 import sqlite3
 import warnings
@@ -205,6 +206,27 @@ def task_name_from_database(path: PathLike, labels: Optional[str] = None) -> str
     return level_slug(path.stem)
 
 
+def release_pages(*arrays) -> None:
+    """Unmap the pages a scan touched in memory-mapped arrays (``MADV_DONTNEED``): they
+    stay in the page cache, but no longer count as this process's resident memory, so a
+    full pass over a store at start-up (NaN check, elements, E0) leaves RSS as it was."""
+    for arr in arrays:
+        mm = getattr(arr, "_mmap", None)
+        if mm is not None and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                mm.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed, or not supported here: only RSS is lost
+                pass
+
+
+#: Samples read between two :func:`release_pages` of a task's memory maps. A random read
+#: maps ~100 KB of store pages into the process (the kernel maps cached pages around each
+#: fault); released every 256 samples, those stay in the page cache but no longer add up
+#: to the whole store in the resident memory of a long epoch (measured: 1M-frame store,
+#: +400 MB file-backed RSS after 7 680 samples without it).
+RELEASE_EVERY = 256
+
+
 def _scan(store: PackedStore, frames: np.ndarray, chunk: Optional[int] = None) -> Iterator[Tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """The atomic numbers of ``frames`` (ascending store frames), chunk by chunk.
 
@@ -327,6 +349,7 @@ class TaskData(torch.utils.data.Dataset):
         self._energy_mm = self.store.energy(self.label_set)
         self._forces_mm = self.store.forces(self.label_set) if self.has_forces else None
         self._select(nan_policy)
+        self._reads = 0
         self.reference: Optional[AtomicEnergies] = None
         self._reference_energy = np.zeros(len(self._frames))
 
@@ -368,6 +391,7 @@ class TaskData(torch.utils.data.Dataset):
         for _, numbers, _ in _scan(store, self._frames):
             seen[np.unique(numbers)] = True
         self.elements = tuple(int(z) for z in np.flatnonzero(seen))
+        release_pages(store.numbers_all, self._energy_mm, self._forces_mm, store.offsets)
 
     # -- access --------------------------------------------------------------------------
 
@@ -398,6 +422,7 @@ class TaskData(torch.utils.data.Dataset):
         h.update(np.ascontiguousarray(self._energy_mm).tobytes())
         for f in np.unique(np.linspace(0, store.n_frames - 1, n_sampled).astype(np.int64)):
             h.update(np.ascontiguousarray(store.positions_all[store.atoms_slice(int(f))]).tobytes())
+        release_pages(store.offsets, self._energy_mm)
         return h.hexdigest()
 
     @property
@@ -417,7 +442,9 @@ class TaskData(torch.utils.data.Dataset):
     def energies(self) -> np.ndarray:
         """Total energies in the target unit, before the reference is subtracted,
         ``(len(self),)`` (read from the store on each call)."""
-        return np.asarray(self._energy_mm[self._frames]) * self._f_energy
+        energies = np.asarray(self._energy_mm[self._frames]) * self._f_energy
+        release_pages(self._energy_mm)
+        return energies
 
     @property
     def reference_energies(self) -> np.ndarray:
@@ -455,6 +482,7 @@ class TaskData(torch.utils.data.Dataset):
             out[rows] = np.bincount(owner * len(elements) + col, minlength=len(rows) * len(elements)).reshape(
                 len(rows), len(elements)
             )
+        release_pages(self.store.numbers_all)
         return out
 
     def set_reference(self, reference: Optional[AtomicEnergies]) -> None:
@@ -477,6 +505,7 @@ class TaskData(torch.utils.data.Dataset):
             per_atom = table[numbers]
             starts = np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=len(rows)))[:-1]])
             out[rows] = np.add.reduceat(per_atom, starts)
+        release_pages(self.store.numbers_all)
         self._reference_energy = out
 
     def atomrefs(self, zmax: int = 100) -> Dict[str, torch.Tensor]:
@@ -486,6 +515,9 @@ class TaskData(torch.utils.data.Dataset):
         return {self.energy_key: torch.from_numpy(self.reference.to_atomref(zmax))}
 
     def __getitem__(self, i: int) -> Dict[str, torch.Tensor]:
+        self._reads += 1
+        if self._reads % RELEASE_EVERY == 0:
+            release_pages(*self._per_atom_maps())
         f = int(self._frames[i])
         store = self.store
         a, b = int(store.offsets[f]), int(store.offsets[f + 1])
@@ -502,6 +534,12 @@ class TaskData(torch.utils.data.Dataset):
         sample[structure.pbc] = torch.from_numpy(np.array(store.pbc[f]))
         sample[properties.task] = torch.tensor([self.index])
         return sample
+
+    def _per_atom_maps(self) -> tuple:
+        """Every memory map a sample reads from (per-atom and per-frame arrays)."""
+        store = self.store
+        return (store.numbers_all, store.positions_all, self._forces_mm, store.cell, store.pbc,
+                store.offsets, store.source_index, self._energy_mm)
 
     def __getstate__(self) -> dict:
         # memory maps would be pickled with their data: a worker re-opens the store instead
