@@ -297,3 +297,13 @@ def test_store_pages_read_by_samples_do_not_accumulate(tmp_path, monkeypatch):
         del data
     assert resident[10**9] > 20_000  # without releasing: most of the 27 MB store is mapped in
     assert resident[32] < resident[10**9] / 3  # released every 32 samples: what the last ones read
+
+
+def test_the_embedded_datasets_import_first():
+    """spk_meta.datasets imports spk_meta.data, whose packing needs the cache folder of
+    spk_meta.datasets: a fresh interpreter importing the datasets first must not loop."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "import spk_meta.datasets.embedded"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -30,7 +30,6 @@ from spk_meta.data.store import (
     file_identity,
     remove_stale_temporaries,
 )
-from spk_meta.datasets.embedded import cache_dir
 
 PathLike = Union[str, Path]
 
@@ -59,6 +58,8 @@ def _read_metadata(path: Path) -> dict:
 
 def packed_path(db_path: PathLike, energy_key: str, forces_key: Optional[str], cache: Optional[PathLike] = None) -> Path:
     """Where :func:`pack_ase_database` keeps the packed copy of ``db_path``."""
+    from spk_meta.datasets.embedded import cache_dir  # here: spk_meta.datasets imports spk_meta.data
+
     ident = file_identity(db_path)
     key = json.dumps(
         {**ident, "energy_key": energy_key, "forces_key": forces_key, "pack_version": PACK_VERSION}, sort_keys=True
