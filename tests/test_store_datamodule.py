@@ -307,3 +307,30 @@ def test_the_embedded_datasets_import_first():
 
     out = subprocess.run([sys.executable, "-c", "import spk_meta.datasets.embedded"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_joint_epochs_cut_batches_lazily_and_as_before(monkeypatch):
+    from spk_meta.data import TaskBatchSampler
+
+    sizes, batch = [37, 5, 20], 8
+    sampler = TaskBatchSampler(sizes, batch, seed=4)
+    got = list(sampler)
+    # the epoch as it was drawn before: every task's randperm, then a randperm of all batches
+    g = torch.Generator().manual_seed(4)
+    batches, offset = [], 0
+    for n in sizes:
+        perm = (torch.randperm(n, generator=g) + offset).tolist()
+        batches += [perm[i : i + batch] for i in range(0, n, batch)]
+        offset += n
+    assert got == [batches[b] for b in torch.randperm(len(batches), generator=g).tolist()]
+    assert list(TaskBatchSampler(sizes, batch, shuffle=False)) == [
+        list(range(a, min(a + batch, hi))) for lo, hi in ((0, 37), (37, 42), (42, 62)) for a in range(lo, hi, batch)]
+    # a 5M-frame task mixed with a 5k one: the first batches come without per-frame lists
+    big = TaskBatchSampler([5_000_000, 5_000], 32, seed=0)
+    tracemalloc.start()
+    it = iter(big)
+    first = [next(it) for _ in range(100)]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 5_000_000  # one int per batch (156 k batches); not 5 M frames
+    assert all(len(set(np.asarray(b) >= 5_000_000)) == 1 for b in first)  # one task per batch

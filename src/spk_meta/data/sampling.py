@@ -244,7 +244,10 @@ class TaskBatchSampler(torch.utils.data.Sampler):
 
     Each epoch shuffles every task's frames, cuts them into batches and visits all batches
     of all tasks in a random order, so one epoch sees every training frame once and no
-    batch mixes levels of theory (whose energies are not comparable).
+    batch mixes levels of theory (whose energies are not comparable). Batches are cut when
+    they are due: an epoch holds one int per batch plus each task's order (a tensor up to
+    :data:`MATERIALISED_ORDER_MAX` frames, a :class:`PseudoRandomPermutation` above), never
+    per-frame lists.
 
     Args:
         sizes: frames per task, in the order of the ``ConcatDataset``.
@@ -265,16 +268,27 @@ class TaskBatchSampler(torch.utils.data.Sampler):
 
     def __iter__(self) -> Iterator[List[int]]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        batches = []
-        offset = 0
+        orders = []  # per task: its frames' order this epoch (a tensor, or lazily permuted)
         for n in self.sizes:
-            order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
-            perm = (order + offset).tolist()
-            batches += [perm[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-            offset += n
-        if not self.shuffle:
-            yield from batches
-            return
-        self.epoch += 1
-        for b in torch.randperm(len(batches), generator=g).tolist():
-            yield batches[b]
+            if not self.shuffle:
+                orders.append(None)
+            elif n <= MATERIALISED_ORDER_MAX:
+                orders.append(torch.randperm(n, generator=g))
+            else:
+                orders.append(PseudoRandomPermutation(n, torch.randint(0, 2**62, (4,), generator=g).tolist()))
+        counts = [math.ceil(n / self.batch_size) for n in self.sizes]
+        first_batch = np.cumsum([0] + counts)  # global batch number of each task's first batch
+        offsets = np.cumsum([0] + self.sizes)
+        if self.shuffle:
+            self.epoch += 1
+            sequence = torch.randperm(int(first_batch[-1]), generator=g)  # one int per batch
+        else:
+            sequence = torch.arange(int(first_batch[-1]))
+        for b in sequence.numpy():  # int64 array: 8 bytes a batch, not a Python list
+            b = int(b)
+            task = int(np.searchsorted(first_batch, b, side="right") - 1)
+            lo = (b - int(first_batch[task])) * self.batch_size
+            hi = min(lo + self.batch_size, self.sizes[task])
+            order = orders[task]
+            idx = np.arange(lo, hi) if order is None else order[lo:hi]
+            yield (np.asarray(idx, dtype=np.int64) + int(offsets[task])).tolist()
