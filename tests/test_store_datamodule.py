@@ -334,3 +334,26 @@ def test_joint_epochs_cut_batches_lazily_and_as_before(monkeypatch):
     tracemalloc.stop()
     assert peak < 5_000_000  # one int per batch (156 k batches); not 5 M frames
     assert all(len(set(np.asarray(b) >= 5_000_000)) == 1 for b in first)  # one task per batch
+
+
+def test_a_converted_store_trains_like_the_converted_database(ethanol, tmp_path, in_tmp):
+    """`spkmeta convert --format packed` output, named as the docs say (STORE@<level slug>),
+    gives the data module the same split rows, E0 and samples as the `--format db` output."""
+    from spk_meta.convert.run import convert
+
+    source = ethanol["target_mp2_631gs_test_300K"].extxyz
+    convert("ase", source, tmp_path / "db", level="MP2/6-31g*", max_frames=30, progress=False)
+    convert("ase", source, tmp_path / "packed", level="MP2/6-31g*", max_frames=30, progress=False,
+            output_format="packed")
+    (store,) = (tmp_path / "packed").glob("*.spkstore")
+    kw = dict(num_train=20, num_val=5, num_test=5, split_seed=1, transforms=[])
+    db = make_dm({"mp2": tmp_path / "db" / "mp2_6-31gs.db"}, split_file="a.npz", **kw)
+    packed = make_dm({"mp2": f"{store}@mp2_6-31gs"}, split_file="b.npz", **kw)
+    for s in ("train", "val", "test"):
+        np.testing.assert_array_equal(packed.dataset["mp2"].db_index[packed.splits["mp2"][s]],
+                                      db.dataset["mp2"].db_index[db.splits["mp2"][s]])
+    np.testing.assert_allclose(packed.energy_references["mp2"].values, db.energy_references["mp2"].values, atol=1e-9)
+    for k in range(20):
+        a, b = db.subsets["mp2"]["train"][k], packed.subsets["mp2"]["train"][k]
+        for key in ("energy", "forces", "_positions", "_atomic_numbers"):
+            np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), rtol=0, atol=1e-9, err_msg=key)
