@@ -19,6 +19,23 @@ grouped by formula, one wB97X label set with forces) is written once with
 The last line is ``ratio rss 1M/10k: X.XX``: total RSS (anonymous + file) of the main
 process after setup and loading, largest size over smallest, 0 workers (goal <= 1.5).
 
+Measured on this 2-core machine (shared, load ~2.4, ``nice -n 10``), 240 batches of 32:
+
+=========  =======  =======  ===========  =================  ==========
+frames     workers  setup    first batch  RSS after loading  samples/s
+=========  =======  =======  ===========  =================  ==========
+10 000     0        0.08 s   0.10 s       544 + 513 MB       2 025
+10 000     2        0.07 s   0.22 s       447 + 510 MB       1 241
+100 000    0        0.29 s   0.33 s       454 + 517 MB       2 210
+100 000    2        0.21 s   0.35 s       454 + 511 MB       1 360
+1 000 000  0        1.33 s   1.46 s       515 + 521 MB       1 935
+1 000 000  2        1.06 s   1.23 s       515 + 518 MB       1 358
+=========  =======  =======  ===========  =================  ==========
+
+(RSS: anonymous + file-backed, main process; the 10 k task with 0 workers caches its
+transformed samples, +97 MB.) ``ratio rss 1M/10k: 0.98``. Two workers do not help on two
+cores that other processes share; they are for machines with cores to spare.
+
 Usage::
 
     nice -n 10 .venv/bin/python benchmarks/scale.py [--sizes 10000 100000 1000000] [--batches 300]
