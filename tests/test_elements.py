@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from spk_meta.atomistic.elementwise import preset_layout
-from spk_meta.utils.elements import atomic_numbers_of, element_symbols, lookup_species, species_lookup_table
+from spk_meta.utils.elements import atomic_numbers_of, element_symbols
+from spk_meta.utils.species import lookup_species, species_lookup_table
 
 
 def test_parsing_symbols_numbers_and_strings():
@@ -34,3 +35,20 @@ def test_ani_layer_sizes_come_from_torchani():
     assert layout == {"H": (160, 128, 96), "C": (144, 112, 96), "N": (128, 112, 96), "O": (128, 112, 96)}
     n_in, layout = preset_layout("ani2x")
     assert n_in == 1008 and layout["H"] == (256, 192, 160) and layout["Cl"] == (160, 128, 96)
+
+
+def test_the_converters_do_not_import_torch():
+    """`spkmeta convert` needs no torch or Lightning (seconds per call); the writer spells
+    SchNetPack's property keys, which must agree with SchNetPack's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, spk_meta.convert, spk_meta.data.writer, spk_meta.data.store; "
+            "print(sorted(m for m in ('torch', 'pytorch_lightning', 'schnetpack') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    from schnetpack import properties
+
+    from spk_meta.data.writer import ENERGY, FORCES
+
+    assert (ENERGY, FORCES) == (properties.energy, properties.forces)

@@ -21,7 +21,8 @@ from schnetpack.nn import scatter_add
 from torch import nn
 from torchani.nn import ANINetworks, AtomicNetwork, parse_activation
 
-from spk_meta.utils.elements import element_symbols, lookup_species, species_lookup_table
+from spk_meta.utils.elements import element_symbols
+from spk_meta.utils.species import lookup_species, species_lookup_table
 
 __all__ = ["ElementwiseAtomwise", "copy_element_weights", "OUTPUT_PRESETS"]
 

@@ -7,14 +7,19 @@ published ``1000.hdf5`` ... ``8000.hdf5``. The keys are SchNetPack's own
 from typing import Dict, Iterator
 
 import numpy as np
-from schnetpack.datasets import QM7X
 
 from spk_meta.convert.base import LevelSpec, Reader, SourceFrame, dataset, hdf5_files, open_hdf5
 from spk_meta.data.level_of_theory import LevelOfTheory
 
-ENERGY_KEY = QM7X.property_dataset_keys[QM7X.energy]  # "ePBE0+MBD", eV
-FORCES_KEY = QM7X.property_dataset_keys[QM7X.forces]  # "totFOR", eV/Ang
-assert QM7X.property_unit_dict[QM7X.energy] == "eV" and QM7X.property_unit_dict[QM7X.forces] == "eV/Ang"
+
+def qm7x_keys():
+    """``(energy key, forces key)`` in QM7-X files, from SchNetPack's ``QM7X`` dataset class
+    ("ePBE0+MBD" in eV, "totFOR" in eV/Ang); imported when a QM7-X file is read, so the
+    other converters do not import torch."""
+    from schnetpack.datasets import QM7X
+
+    assert QM7X.property_unit_dict[QM7X.energy] == "eV" and QM7X.property_unit_dict[QM7X.forces] == "eV/Ang"
+    return QM7X.property_dataset_keys[QM7X.energy], QM7X.property_dataset_keys[QM7X.forces]
 
 
 class QM7XReader(Reader):
@@ -39,16 +44,17 @@ class QM7XReader(Reader):
 
     def frames(self) -> Iterator[SourceFrame]:
         (key, _), = self.levels().items()
+        energy_key, forces_key = qm7x_keys()
         for path in hdf5_files(self.path):
             with open_hdf5(path) as f:
                 for mol in f.values():
                     for conf in mol.values():
                         numbers = dataset(conf, "atNUM", path).astype(int).reshape(-1)
                         n = len(numbers)
-                        energy = dataset(conf, ENERGY_KEY, path).reshape(-1)
+                        energy = dataset(conf, energy_key, path).reshape(-1)
                         yield SourceFrame(
                             numbers=numbers,
                             positions=dataset(conf, "atXYZ", path, (n, 3)).astype(np.float64),
-                            labels={key: (float(energy[0]), dataset(conf, FORCES_KEY, path, (n, 3)).astype(np.float64))},
+                            labels={key: (float(energy[0]), dataset(conf, forces_key, path, (n, 3)).astype(np.float64))},
                             where=f"{path}:{conf.name}",
                         )

@@ -7,13 +7,10 @@ from pathlib import Path
 from typing import Dict, Iterator, List
 
 import numpy as np
-from schnetpack.datasets import rMD17
-from schnetpack.units import convert_units
 
 from spk_meta.convert.base import ConversionError, LevelSpec, Reader, SourceFrame
 from spk_meta.data.level_of_theory import LevelOfTheory
 
-ENERGY_FACTOR = convert_units("kcal/mol", "eV")
 KEYS = ("nuclear_charges", "coords", "energies", "forces")
 
 
@@ -52,7 +49,12 @@ class RMD17Reader(Reader):
         return sum(len(np.load(p)["energies"]) for p in self._files())
 
     def frames(self) -> Iterator[SourceFrame]:
-        assert rMD17.energy == "energy"  # SchNetPack stores kcal/mol for rMD17 too
+        # SchNetPack's rMD17 stores kcal/mol too; imported here so other converters stay torch-free
+        from schnetpack.datasets import rMD17
+        from schnetpack.units import convert_units
+
+        assert rMD17.energy == "energy"
+        factor = float(convert_units("kcal/mol", "eV"))
         (key, _), = self.levels().items()
         for path in self._files():
             data, z = self._load(path)
@@ -60,6 +62,6 @@ class RMD17Reader(Reader):
                 yield SourceFrame(
                     numbers=z,
                     positions=data["coords"][i].astype(np.float64),
-                    labels={key: (float(data["energies"][i]) * ENERGY_FACTOR, data["forces"][i] * ENERGY_FACTOR)},
+                    labels={key: (float(data["energies"][i]) * factor, data["forces"][i] * factor)},
                     where=f"{path}[{i}]",
                 )

@@ -1,71 +1,62 @@
-"""Tasks: one level of theory each, an ASE database or a packed store's label set, read lazily."""
+"""Tasks: one level of theory each, an ASE database or a packed store's label set, read lazily.
 
-from spk_meta.data.contract import EpisodicTaskData, missing_members
-from spk_meta.data.datamodule import ConcatTaskSubsets, TaskDataModule
-from spk_meta.data.errors import TaskDataError, TaskSplitMismatch
-from spk_meta.data.sampling import PseudoRandomPermutation, TaskBatchSampler, TaskBatchStream, task_sampling_weights
-from spk_meta.data.task_dataset import (
-    TaskData,
-    TaskDataset,
-    TaskSubset,
-    parse_task_source,
-    resolve_task_path,
-    start_directory,
-    task_name_from_database,
-)
-from spk_meta.data.splits import (
-    DatabaseIdentity,
-    TaskSplit,
-    draw_split,
-    load_or_draw_splits,
-    load_splits,
-    save_splits,
-    split_counts,
-)
-from spk_meta.data.atomrefs import (
-    AtomicEnergies,
-    composition_matrix,
-    fit_atomic_energies,
-    load_energy_references,
-    save_energy_references,
-)
-from spk_meta.data.level_of_theory import LevelOfTheory, level_slug
-from spk_meta.data.writer import DatabaseWriteError, DatabaseWriter, extxyz_to_database, write_database
+The names below are imported on first use (PEP 562), so that ``spkmeta convert`` and other
+tools that need only the writers and the store do not import torch and Lightning.
+"""
 
-__all__ = [
-    "EpisodicTaskData",
-    "missing_members",
-    "DatabaseIdentity",
-    "TaskSplit",
-    "draw_split",
-    "load_or_draw_splits",
-    "load_splits",
-    "save_splits",
-    "split_counts",
-    "load_energy_references",
-    "save_energy_references",
-    "resolve_task_path",
-    "start_directory",
-    "ConcatTaskSubsets",
-    "TaskBatchSampler",
-    "TaskBatchStream",
-    "PseudoRandomPermutation",
-    "parse_task_source",
-    "TaskData",
-    "TaskDataError",
-    "TaskDataModule",
-    "TaskDataset",
-    "TaskSplitMismatch",
-    "TaskSubset",
-    "task_name_from_database",
-    "task_sampling_weights",
-    "AtomicEnergies",
-    "composition_matrix",
-    "fit_atomic_energies",
-    "LevelOfTheory",
-    "level_slug",
-    "DatabaseWriteError",
-    "DatabaseWriter",
-    "extxyz_to_database",
-    "write_database",
-]
+import importlib
+from typing import Any, List
+
+#: public name -> submodule of spk_meta.data that defines it
+_EXPORTS = {
+    "EpisodicTaskData": "contract",
+    "missing_members": "contract",
+    "DatabaseIdentity": "splits",
+    "TaskSplit": "splits",
+    "draw_split": "splits",
+    "load_or_draw_splits": "splits",
+    "load_splits": "splits",
+    "save_splits": "splits",
+    "split_counts": "splits",
+    "load_energy_references": "atomrefs",
+    "save_energy_references": "atomrefs",
+    "resolve_task_path": "task_dataset",
+    "start_directory": "task_dataset",
+    "ConcatTaskSubsets": "datamodule",
+    "TaskBatchSampler": "sampling",
+    "TaskBatchStream": "sampling",
+    "PseudoRandomPermutation": "sampling",
+    "parse_task_source": "task_dataset",
+    "TaskData": "task_dataset",
+    "TaskDataError": "errors",
+    "TaskDataModule": "datamodule",
+    "TaskDataset": "task_dataset",
+    "TaskSplitMismatch": "errors",
+    "TaskSubset": "task_dataset",
+    "task_name_from_database": "task_dataset",
+    "task_sampling_weights": "sampling",
+    "AtomicEnergies": "atomrefs",
+    "composition_matrix": "atomrefs",
+    "fit_atomic_energies": "atomrefs",
+    "LevelOfTheory": "level_of_theory",
+    "level_slug": "level_of_theory",
+    "DatabaseWriteError": "writer",
+    "DatabaseWriter": "writer",
+    "extxyz_to_database": "writer",
+    "write_database": "writer",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'spk_meta.data' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f"spk_meta.data.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -106,7 +106,8 @@ def pack_ase_database(
         )
     if energy_key not in unit_dict:
         raise StoreError(
-            f"{db_path}: no '{energy_key}' property (the database has: {', '.join(unit_dict) or 'none'})"
+            f"{db_path}: no '{energy_key}' property (the database has: {', '.join(unit_dict) or 'none'}); "
+            "every task needs energies"
         )
     has_forces = forces_key is not None and forces_key in unit_dict
     out = packed_path(db_path, energy_key, forces_key if has_forces else None, cache)

@@ -311,17 +311,6 @@ class TaskData(torch.utils.data.Dataset):
             self.is_database = True
             md = _open_metadata(self.path)
             self.metadata = md
-            unit_dict = md.get("_property_unit_dict")
-            if not isinstance(unit_dict, dict) or "_distance_unit" not in md:
-                raise TaskDataError(
-                    f"{self.path}: the database has no units (metadata '_property_unit_dict' and "
-                    "'_distance_unit'); write it with spk_meta.data.write_database or spkconvert"
-                )
-            if energy_key not in unit_dict:
-                raise TaskDataError(
-                    f"{self.path}: no '{energy_key}' property (the database has: "
-                    f"{', '.join(unit_dict) or 'none'}); every task needs energies"
-                )
             try:
                 self.store = pack_ase_database(self.path, energy_key, forces_key, cache=cache, progress=progress)
             except StoreError as err:

@@ -15,14 +15,16 @@ import ase.io
 import numpy as np
 from ase import Atoms
 from ase.db import connect
-from schnetpack import properties as spk_props
-from schnetpack.data import ASEAtomsData
 from tqdm.auto import tqdm
 
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory
 from spk_meta.utils.atomic import AllOrNothing
 
-DEFAULT_UNITS = {spk_props.energy: "eV", spk_props.forces: "eV/Ang"}
+#: SchNetPack's property keys (``schnetpack.properties.energy``/``forces``; a test checks
+#: they agree), spelled out so that writing databases does not import torch.
+ENERGY, FORCES = "energy", "forces"
+
+DEFAULT_UNITS = {ENERGY: "eV", FORCES: "eV/Ang"}
 
 #: ``.NAME.PID-XXXXXXXX.tmp.db`` (and SQLite's side files): a database being written by
 #: process PID; the name ``utils.atomic_path`` gives too, so older leftovers match.
@@ -118,7 +120,7 @@ def _frame_properties(
         raise DatabaseWriteError(f"{where}: energy must be one number, got shape {energy.shape}")
     if not np.isfinite(energy).all():
         raise DatabaseWriteError(f"{where}: energy is not finite ({energy.item()})")
-    props = {spk_props.energy: energy.reshape(1)}
+    props = {ENERGY: energy.reshape(1)}
     if forces_key is not None:
         forces = _label(atoms, forces_key, per_atom=True)
         if forces is None:
@@ -129,7 +131,7 @@ def _frame_properties(
             )
         if not np.isfinite(forces).all():
             raise DatabaseWriteError(f"{where}: forces contain NaN or inf")
-        props[spk_props.forces] = forces
+        props[FORCES] = forces
     return props
 
 
@@ -182,7 +184,7 @@ class DatabaseWriter(AllOrNothing):
         self.chunk_size = int(chunk_size)
         units = dict(units or DEFAULT_UNITS)
         if not has_forces:
-            units.pop(spk_props.forces, None)
+            units.pop(FORCES, None)
         self.units = units
         self.n_frames = 0
         self.elements: set = set()
@@ -195,6 +197,8 @@ class DatabaseWriter(AllOrNothing):
         self._tmp: Optional[Path] = temporary_path(self.database)
         self._conn = None
         try:
+            from schnetpack.data import ASEAtomsData  # torch: only when a database is created
+
             ASEAtomsData.create(str(self._tmp), distance_unit="Ang", property_unit_dict=units)
             with connect(str(self._tmp), use_lock_file=False) as conn:
                 conn.metadata = {
@@ -220,9 +224,9 @@ class DatabaseWriter(AllOrNothing):
         if self._conn is None:
             self._conn = connect(str(self._tmp), use_lock_file=False)
             self._conn.__enter__()
-        data = {spk_props.energy: np.asarray([energy], dtype=np.float64)}
+        data = {ENERGY: np.asarray([energy], dtype=np.float64)}
         if self.has_forces:
-            data[spk_props.forces] = np.asarray(forces, dtype=np.float64)
+            data[FORCES] = np.asarray(forces, dtype=np.float64)
         atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=False if pbc is None else pbc)
         self._conn.write(atoms, data=data)
         self.n_frames += 1
@@ -324,8 +328,8 @@ def write_database(
             writer.add(
                 atoms.numbers,
                 atoms.positions,
-                float(props[spk_props.energy][0]),
-                props.get(spk_props.forces),
+                float(props[ENERGY][0]),
+                props.get(FORCES),
                 cell=atoms.cell.array,
                 pbc=atoms.pbc,
             )

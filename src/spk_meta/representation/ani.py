@@ -36,7 +36,8 @@ from torch import nn
 from torchani.aev import AEVComputer
 from torchani.neighbors import Neighbors
 
-from spk_meta.utils.elements import element_symbols, lookup_species, species_lookup_table
+from spk_meta.utils.elements import element_symbols
+from spk_meta.utils.species import lookup_species, species_lookup_table
 
 __all__ = ["ANI", "PRESETS", "element_symbols", "half_neighbor_mask", "lookup_species"]
 

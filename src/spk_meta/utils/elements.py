@@ -1,17 +1,16 @@
-"""Elements: one home for parsing element lists and mapping atomic numbers to network indices.
+"""Elements: one home for parsing element lists (ASE's ``ase.symbols.symbols2numbers``).
 
-Used by the ANI representation, the element-wise output networks and the converters'
-``--elements`` filter. Parsing is ASE's (``ase.symbols.symbols2numbers``); the lookup is
-TorchScript-compatible (``spkdeploy``).
+Used by the ANI representation, the element-wise output networks (with
+:mod:`spk_meta.utils.species` for the tensor lookup) and the converters' ``--elements``
+filter. No torch here, so the converters stay light.
 """
 
 from typing import Iterable, List, Sequence, Tuple, Union
 
-import torch
 from ase.data import chemical_symbols
 from ase.symbols import symbols2numbers
 
-__all__ = ["atomic_numbers_of", "element_symbols", "species_lookup_table", "lookup_species"]
+__all__ = ["atomic_numbers_of", "element_symbols"]
 
 Element = Union[int, str]
 
@@ -57,54 +56,3 @@ def element_symbols(elements: Sequence[Element]) -> Tuple[str, ...]:
     if not numbers:
         raise ValueError("At least one element is required")
     return tuple(chemical_symbols[z] for z in numbers)
-
-
-def species_lookup_table(symbols: Sequence[str]) -> torch.Tensor:
-    """Long tensor ``(119,)`` mapping atomic number -> element index, -1 if unsupported."""
-    table = torch.full((len(chemical_symbols),), -1, dtype=torch.long)
-    for idx, z in enumerate(atomic_numbers_of(list(symbols))):
-        table[z] = idx
-    return table
-
-
-def lookup_species(
-    atomic_numbers: torch.Tensor,
-    table: torch.Tensor,
-    supported: List[str],
-    symbols: List[str],
-    who: str,
-) -> torch.Tensor:
-    """Map atomic numbers to element indices via ``table``; TorchScript-compatible.
-
-    Args:
-        atomic_numbers: ``(n_atoms,)`` integer tensor.
-        table: ``(119,)`` long tensor from :func:`species_lookup_table`.
-        supported: supported chemical symbols (for the error message).
-        symbols: all chemical symbols indexed by atomic number (``ase.data``).
-        who: module name for the error message.
-
-    Returns:
-        ``(n_atoms,)`` long tensor of element indices.
-
-    Raises:
-        ValueError: naming every unsupported element, e.g. ``Si (Z=14)``.
-    """
-    z = atomic_numbers.long()
-    n = table.shape[0]
-    idx = table[z.clamp(0, n - 1)]
-    bad = (idx < 0) | (z < 0) | (z >= n)
-    if bool(bad.any()):
-        bad_z: List[int] = torch.unique(z[bad]).tolist()
-        names: List[str] = []
-        for b in bad_z:
-            if 0 < b < len(symbols):
-                names.append("{} (Z={})".format(symbols[b], b))
-            else:
-                names.append("Z={}".format(b))
-        raise ValueError(
-            "{} does not support element(s) {}; supported elements: {}".format(
-                who, ", ".join(names), ", ".join(supported)
-            )
-        )
-    return idx
-
