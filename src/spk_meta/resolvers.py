@@ -1,7 +1,8 @@
 """OmegaConf resolvers our Hydra configs use.
 
 ``${spkmeta.ethanol_db:NAME}``: absolute path of the SchNetPack database built from the
-embedded ethanol file ``NAME`` (built on first use, in the cache directory).
+embedded ethanol file ``NAME`` (built on first use, in the cache directory);
+``${spkmeta.organic_db:NAME}``: the same for the embedded organic case.
 """
 
 from omegaconf import OmegaConf
@@ -13,7 +14,13 @@ def _ethanol_db(name: str) -> str:
     return str(ethanol_multilevel()[name].db)
 
 
-RESOLVERS = {"spkmeta.ethanol_db": _ethanol_db}
+def _organic_db(name: str) -> str:
+    from spk_meta.datasets import organic_multilevel
+
+    return str(organic_multilevel()[name].db)
+
+
+RESOLVERS = {"spkmeta.ethanol_db": _ethanol_db, "spkmeta.organic_db": _organic_db}
 
 
 def register() -> None:

@@ -4,7 +4,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
@@ -36,18 +36,21 @@ class DatasetFile:
     Attributes:
         name: file stem, e.g. ``target_mp2_631gs_train_300K``.
         level_of_theory: the level the labels were computed at.
-        temperature_K: temperature of the MD that sampled the frames.
+        temperature_K: temperature of the MD that sampled the frames; ``None`` for a
+            temperature ramp or a rigid scan (see ``entry``).
         frames: number of frames.
         extxyz: absolute path of the shipped extxyz file (eV, eV/Ang, Ang).
         db: absolute path of the SchNetPack ``ASEAtomsData`` database built from it.
+        entry: the file's record in ``MANIFEST.json`` (molecules, seeds, timing, ...).
     """
 
     name: str
     level_of_theory: LevelOfTheory
-    temperature_K: float
+    temperature_K: Optional[float]
     frames: int
     extxyz: Path
     db: Path
+    entry: Dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,9 @@ def load_embedded(name: str, cache: Optional[Union[str, Path]] = None) -> Embedd
             raise ValueError(
                 f"{extxyz}: sha256 {digest} does not match MANIFEST.json ({entry['sha256']})"
             )
-        level = LevelOfTheory.parse(
-            entry["level_of_theory"], code=code, temperature_K=entry["temperature_K"]
-        )
+        temperature = entry.get("temperature_K")
+        temperature = float(temperature) if isinstance(temperature, (int, float)) else None
+        level = LevelOfTheory.parse(entry["level_of_theory"], code=code, temperature_K=temperature)
         db = cache_dir(cache) / name / digest[:12] / (extxyz.stem + ".db")
         if not db.exists():
             try:
@@ -118,10 +121,11 @@ def load_embedded(name: str, cache: Optional[Union[str, Path]] = None) -> Embedd
         files[extxyz.stem] = DatasetFile(
             name=extxyz.stem,
             level_of_theory=level,
-            temperature_K=float(entry["temperature_K"]),
+            temperature_K=temperature,
             frames=int(entry["frames"]),
             extxyz=extxyz,
             db=db,
+            entry=dict(entry),
         )
     return EmbeddedDataset(name=name, root=root, manifest=manifest, files=files)
 
@@ -136,3 +140,22 @@ def ethanol_multilevel(cache_dir: Optional[Union[str, Path]] = None) -> Embedded
     ``PROVENANCE.md`` beside the data.
     """
     return load_embedded("ethanol_multilevel", cache_dir)
+
+
+def organic_multilevel(cache_dir: Optional[Union[str, Path]] = None) -> EmbeddedDataset:
+    """The embedded organic case: many small molecules at many levels, and a target none of
+    them contains.
+
+    Pre-training files, each its own level of theory, molecules and sampling (see
+    ``MANIFEST.json`` and ``PROVENANCE.md`` beside the data):
+    ``pretrain_ani1x_like_wb97x_631gs`` (wB97X/6-31g*: alcohols and amines, 300-600 K),
+    ``pretrain_qm7x_like_pbe0_def2svp`` (PBE0/def2-svp: ethers, acids, amides, 500 K),
+    ``pretrain_t1x_like_b3lyp_def2svp`` (B3LYP/def2-svp: small rings, ketene, acetonitrile at
+    1000 K, 60 % with one bond stretched 1.1-1.6x), ``pretrain_carbonyls_hf_def2svp``
+    (HF/def2-svp: carbonyls, 700 K). No pre-training molecule is C2H7N. Target: ethylamine
+    at MP2/6-31g*: ``target_mp2_631gs_train_300K`` (150 frames),
+    ``target_mp2_631gs_test_{300,600,900}K`` (30 each) and rigid scans
+    ``scan_mp2_631gs_torsion_CCNH``, ``scan_mp2_631gs_stretch_NH``,
+    ``scan_mp2_631gs_stretch_CH`` (scan coordinate in each frame's info).
+    """
+    return load_embedded("organic_multilevel", cache_dir)
