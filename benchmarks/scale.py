@@ -101,7 +101,7 @@ def _children_rss() -> float:
     return sum(c.memory_info().rss for c in psutil.Process().children(recursive=True)) / 2**20
 
 
-def measure(store: str, workers: int, batches: int) -> dict:
+def measure(store: str, workers: int, batches: int, neighbor_list: str = "matscipy") -> dict:
     """One measurement (run in a fresh child process); returns the figures as a dict."""
     import torch
     from schnetpack import transform as T
@@ -115,7 +115,7 @@ def measure(store: str, workers: int, batches: int) -> dict:
         dm = TaskDataModule(
             {"t": f"{store}@{LABELS}"}, batch_size=BATCH, num_train=0.8, num_val=0.1, num_test=None,
             split_file=os.path.join(tmp, "splits.npz"), references_file=None, split_seed=0,
-            transforms=[T.MatScipyNeighborList(cutoff=5.2), T.CastTo32()], num_workers=workers,
+            transforms=[NEIGHBOR_LISTS[neighbor_list](cutoff=5.2), T.CastTo32()], num_workers=workers,
         )
         dm.setup("fit")
         t_setup = time.perf_counter() - t0
@@ -140,16 +140,25 @@ def measure(store: str, workers: int, batches: int) -> dict:
     }
 
 
+#: --neighbor-list choices -> SchNetPack transform class name
+NEIGHBOR_LISTS = {
+    "matscipy": lambda **kw: __import__("schnetpack").transform.MatScipyNeighborList(**kw),
+    "vesin": lambda **kw: __import__("schnetpack").transform.VesinNeighborList(**kw),
+}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     parser.add_argument("--batches", type=int, default=240, help="training batches timed per run (at most an epoch)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "spkmeta-scale"))
+    parser.add_argument("--neighbor-list", choices=sorted(NEIGHBOR_LISTS), default="matscipy",
+                        help="SchNetPack neighbour-list transform (MatScipy: our configs' default)")
     parser.add_argument("--measure", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.workers[0], args.batches)))
+        print(json.dumps(measure(args.measure, args.workers[0], args.batches, args.neighbor_list)))
         return
 
     workdir = Path(args.workdir)
@@ -162,7 +171,8 @@ def main():
             rate = write_store(store, size)
             print(f"wrote {store.name}: {rate:,.0f} frames/s", flush=True)
         for w in args.workers:
-            cmd = [sys.executable, __file__, "--measure", str(store), "--workers", str(w), "--batches", str(args.batches)]
+            cmd = [sys.executable, __file__, "--measure", str(store), "--workers", str(w), "--batches", str(args.batches),
+                   "--neighbor-list", args.neighbor_list]
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             if out.returncode != 0:
                 sys.exit(f"measurement failed for {size} frames, {w} workers:\n{out.stderr[-3000:]}")
