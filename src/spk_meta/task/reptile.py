@@ -216,11 +216,15 @@ class ReptileTask(AtomisticTask):
         trainer = self.trainer
         limits = []
         if trainer.max_steps is not None and trainer.max_steps > 0:
-            limits.append(math.ceil(trainer.max_steps / (self.inner_steps * self.tasks_per_step)))
+            limits.append(math.ceil(trainer.max_steps / self.optimizer_steps_per_outer_step()))
         per_epoch = trainer.num_training_batches
         if trainer.max_epochs is not None and trainer.max_epochs > 0 and math.isfinite(per_epoch):
             limits.append(int(trainer.max_epochs) * int(per_epoch))
         return min(limits) if limits else None
+
+    def optimizer_steps_per_outer_step(self) -> int:
+        """Optimiser steps (``trainer.global_step`` increments) in one outer step."""
+        return self.inner_steps * self.tasks_per_step
 
     def current_outer_lr(self) -> float:
         """ε of the current outer step; annealed over ``outer_lr_anneal_steps`` outer steps,
