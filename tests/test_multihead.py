@@ -191,5 +191,67 @@ def test_multihead_ani_end_to_end(tmp_path, ethanol):
     single = select_head(model, "hf_def2-svp")
     assert torch.isfinite(single(inputs(frames))["energy"]).all()
 
+    # fine-tuning asks which head, and model.head=best picks one on the target's frames
+    quick = ["trainer.max_epochs=1", "logger=csv", "data.batch_size=8", "data.num_train=16", "data.num_val=4",
+             "data.num_test=4", "pretrained=runs/mh/best_model"]
+    refused = run_cli(["spktrain", "experiment=finetune_ani", *quick, "run.id=ft0"], cwd=tmp_path)
+    assert refused.returncode != 0 and "model.head=NAME" in refused.stdout + refused.stderr
+    tuned = run_cli(["spktrain", "experiment=finetune_ani", *quick, "model.head=best", "run.id=ft"], cwd=tmp_path)
+    assert tuned.returncode == 0, tuned.stdout[-3000:] + tuned.stderr[-3000:]
+    assert "model.head=best: '" in tuned.stdout + tuned.stderr
+    assert head_names(load_model(tmp_path / "runs" / "ft" / "best_model")) == []
+
 
 LEVEL_NAMES = ["wb97x_6-31gs", "b3lyp_def2-svp", "hf_def2-svp"]
+
+
+# -- fine-tuning a multi-head model: which head --------------------------------------------
+
+
+def test_choose_head_by_name_fresh_or_not_at_all(frames):
+    from spk_meta.atomistic import choose_head
+
+    x = inputs(frames[:2])
+    ref = ani_multihead()
+    want = select_head(ani_multihead(), "b3lyp")(inputs(frames[:2]))["energy"]
+    assert torch.allclose(choose_head(ani_multihead(), "b3lyp")(x)["energy"], want)
+    with pytest.raises(ValueError, match="one output head per level \\(wb97x, b3lyp, hf\\).*model.head=NAME"):
+        choose_head(ani_multihead(), None)
+    with pytest.raises(KeyError, match="no head 'mp2'"):
+        choose_head(ani_multihead(), "mp2")
+    with pytest.raises(ValueError, match="single output head"):
+        choose_head(select_head(ani_multihead(), "hf"), "hf")
+
+    fresh = choose_head(ani_multihead(), "fresh")
+    head = fresh.output_modules[0]
+    assert isinstance(head, ElementwiseAtomwise)
+    old = ref.output_modules[0].heads
+    for symbol, net in head.atomics.items():  # shared layers kept, readout new
+        for a, b in zip(net.layers.parameters(), old["wb97x"].atomics[symbol].layers.parameters()):
+            assert torch.equal(a, b)
+        for name in TASKS:
+            assert not torch.equal(net.final_layer.weight, old[name].atomics[symbol].final_layer.weight)
+
+
+def test_best_head_has_the_lowest_loss_on_the_target_frames(frames):
+    """choose_best_head keeps the argmin of the loss, computed here head by head."""
+    from spk_meta.atomistic import choose_best_head, choose_head
+
+    batches = [inputs(frames[:2]), inputs(frames[2:4])]
+    target = select_head(ani_multihead(), "hf")(inputs(frames[:4]))["energy"].detach() + 0.01
+    targets = [target[:2], target[2:]]
+
+    def loss(pred, batch):
+        i = 0 if torch.equal(batch["_positions"], batches[0]["_positions"]) else 1
+        return ((pred["energy"] - targets[i]) ** 2).mean()
+
+    by_hand = {}
+    for name in TASKS:
+        single = select_head(ani_multihead(), name)
+        by_hand[name] = sum(float(loss(single(dict(b)), b)) for b in batches) / 2
+    model = choose_head(ani_multihead(), "best")
+    best, losses = choose_best_head(model, batches, model, loss)
+    assert best == min(by_hand, key=by_hand.get) == "hf"
+    assert losses == pytest.approx(by_hand)
+    assert head_names(model) == []  # a plain single-head model now
+    assert choose_best_head(model, batches, model, loss) is None

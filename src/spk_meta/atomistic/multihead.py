@@ -22,7 +22,7 @@ to guess and names the heads it has.
 """
 
 import copy
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from schnetpack import properties as structure
@@ -31,7 +31,7 @@ from torch import nn
 from spk_meta import properties
 from spk_meta.atomistic.elementwise import ElementwiseAtomwise
 
-__all__ = ["MultiHead", "select_head", "find_multihead", "head_names"]
+__all__ = ["MultiHead", "select_head", "find_multihead", "head_names", "choose_head", "choose_best_head", "HEAD_CHOICES"]
 
 
 class MultiHead(nn.Module):
@@ -157,3 +157,79 @@ def select_head(model: nn.Module, name: str) -> nn.Module:
             model.output_modules[i] = copy.deepcopy(module.heads[name])
             return model
     raise ValueError("the model has no multi-head output module (nothing to select)")
+
+
+#: ``choose_head`` choices besides a head's name
+HEAD_CHOICES = ("best", "fresh")
+
+
+def _reset_readout(module: nn.Module) -> None:
+    """Re-initialise what a head owns alone: the last linear layer of each element network
+    (``ElementwiseAtomwise``) or of the MLP (SchNetPack's ``Atomwise``)."""
+    if isinstance(module, ElementwiseAtomwise):
+        for net in module.atomics.values():
+            net.final_layer.reset_parameters()
+        return
+    linears = [m for m in module.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"cannot re-initialise a {type(module).__name__} head: it has no linear layer")
+    linears[-1].reset_parameters()
+
+
+def choose_head(model: nn.Module, head: Optional[str]) -> nn.Module:
+    """Fine-tuning a multi-head model: keep one head, in place.
+
+    Args:
+        head: a head's name; ``"fresh"``: the shared layers with a newly initialised readout
+            (the first head's shape); ``"best"``: decided at set-up, on the target's training
+            frames before any update (:func:`choose_best_head`, which the task calls);
+            ``None``: only for a model without heads.
+
+    Raises:
+        ValueError: a model with heads and no choice (the message lists the heads), or a
+            choice for a model without heads. KeyError: an unknown head.
+    """
+    mh = find_multihead(model)
+    if mh is None:
+        if head is not None:
+            raise ValueError(f"head={head!r}: this model has a single output head; leave head unset")
+        return model
+    if head is None:
+        raise ValueError(
+            f"this model has one output head per level ({', '.join(mh.task_names)}): choose one with "
+            "model.head=NAME, model.head=best (lowest loss on the target's training frames) or model.head=fresh"
+        )
+    if head == "best":
+        mh.pending_choice = "best"
+        return model
+    if head == "fresh":
+        i = next(j for j, module in enumerate(model.output_modules) if module is mh)
+        select_head(model, mh.task_names[0])
+        _reset_readout(model.output_modules[i])
+        return model
+    return select_head(model, head)
+
+
+def choose_best_head(model: nn.Module, batches, predict, loss_fn) -> Optional[Tuple[str, Dict[str, float]]]:
+    """If the model's heads wait for ``best`` (:func:`choose_head`), keep the head with the
+    lowest mean ``loss_fn(predict(batch), batch)`` over ``batches``; return its name and
+    every head's loss (``None`` if nothing waits). Nothing is trained.
+    """
+    mh = find_multihead(model)
+    if mh is None or getattr(mh, "pending_choice", None) != "best":
+        return None
+    batches = list(batches)
+    if not batches:
+        raise ValueError("model.head=best needs training frames to compare the heads on")
+    losses = {}
+    for name in mh.task_names:
+        mh.active_head = name
+        total = 0.0
+        for batch in batches:
+            pred = predict({k: v.clone() for k, v in batch.items()})
+            total += float(loss_fn(pred, batch).detach())
+        losses[name] = total / len(batches)
+    mh.active_head = None
+    best = min(losses, key=losses.get)
+    select_head(model, best)
+    return best, losses

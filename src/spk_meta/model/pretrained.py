@@ -6,6 +6,8 @@ from typing import Iterable, List, Optional, Sequence, Union
 
 import torch
 
+from spk_meta.atomistic.multihead import choose_head
+
 from spk_meta.model.loading import load_model
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ def load_pretrained(
     postprocessors: Optional[Sequence[torch.nn.Module]] = None,
     freeze: Optional[Iterable[str]] = None,
     trust: bool = False,
+    head: Optional[str] = None,
 ) -> torch.nn.Module:
     """A trained model from ``path``, ready to be trained further.
 
@@ -44,6 +47,10 @@ def load_pretrained(
             ``["output_modules.0.atomics.H.layers.0"]``; see ``model.named_parameters()``.
         trust: unpickle a file the allow-list refuses (it can run code; a warning names
             the file). ``spktrain ... +trust_checkpoint=true``.
+        head: for a multi-head model (``task=multihead``), the head to fine-tune: a level's
+            name, ``"best"`` (lowest loss on the target's training frames before any update,
+            chosen at set-up) or ``"fresh"`` (shared layers, new readout); see
+            :func:`spk_meta.atomistic.choose_head`.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -55,6 +62,7 @@ def load_pretrained(
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such pre-trained model (a best_model file or a .ckpt)")
     model = load_model(path, trust=trust).train()
+    choose_head(model, head)
     if postprocessors is not None:
         model.postprocessors = torch.nn.ModuleList(list(postprocessors))
     for prefix in list(freeze or []):

@@ -1,6 +1,7 @@
 """SchNetPack's ``AtomisticTask``, able to reload its checkpoints under torch >= 2.6 without
 running code from them."""
 
+import logging
 import os
 from typing import Any, Optional
 
@@ -8,6 +9,7 @@ import schnetpack as spk
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from spk_meta.atomistic.multihead import choose_best_head
 from spk_meta.model.preflight import (
     check_model_against_data,
     data_elements,
@@ -17,6 +19,9 @@ from spk_meta.model.preflight import (
 )
 from spk_meta.model.loading import file_safe_globals
 from spk_meta.train.checkpoint import TRUST_HINT, RunCheckpointIO
+
+
+log = logging.getLogger(__name__)
 
 
 class AtomisticTask(spk.task.AtomisticTask):
@@ -54,7 +59,18 @@ class AtomisticTask(spk.task.AtomisticTask):
             self.model.trained_elements = sorted(seen)
             self._record_energy_level(dm)
         drop_unlabelled_outputs(self, dm)  # energy-only data: no loss on forces, one warning
+        if stage == "fit" and dm is not None:
+            self._choose_best_head(dm)
         super().setup(stage)
+
+    def _choose_best_head(self, dm) -> None:
+        """``model.head=best`` on a multi-head pre-trained model: keep the head with the lowest
+        loss on the target's training batches, before any update (logged)."""
+        chosen = choose_best_head(self.model, dm.train_dataloader(), self.predict_without_postprocessing, self.loss_fn)
+        if chosen is not None:
+            best, losses = chosen
+            log.info("model.head=best: '%s' (training-frame loss per head: %s)", best,
+                     ", ".join(f"{k} {v:.4g}" for k, v in losses.items()))
 
     def _record_energy_level(self, dm) -> None:
         """``model.energy_level``: the active task of a :class:`~spk_meta.data.TaskDataModule`
