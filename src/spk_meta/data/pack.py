@@ -43,7 +43,8 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 PACK_VERSION = 2
 
 
-def _read_metadata(path: Path) -> dict:
+def read_database_metadata(path: Path) -> dict:
+    """The metadata of a SchNetPack ASE database (StoreError naming the file if it is not one)."""
     if not path.is_file():
         raise StoreError(f"{path}: no such ASE database" if not path.exists() else f"{path}: not a file")
     with open(path, "rb") as fh:
@@ -97,7 +98,7 @@ def pack_ase_database(
             and the row for a malformed value).
     """
     db_path = Path(db_path).absolute()
-    md = _read_metadata(db_path)
+    md = read_database_metadata(db_path)
     unit_dict = md.get("_property_unit_dict")
     if not isinstance(unit_dict, dict) or "_distance_unit" not in md:
         raise StoreError(

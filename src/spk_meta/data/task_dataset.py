@@ -28,7 +28,6 @@ import hashlib
 import json
 import mmap
 import os
-import sqlite3
 import warnings
 from collections.abc import Mapping as MappingABC
 from pathlib import Path
@@ -37,7 +36,6 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 import numpy as np
 import torch
 from ase.data import chemical_symbols
-from ase.db import connect
 from schnetpack import properties as structure
 from schnetpack import transform as spk_transform
 from schnetpack.units import convert_units
@@ -47,7 +45,7 @@ from spk_meta.data.atomrefs import AtomicEnergies
 from spk_meta.data.errors import TaskDataError
 from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory, level_slug
 from spk_meta.data.pack import LABELS as PACKED_DB_LABELS
-from spk_meta.data.pack import pack_ase_database
+from spk_meta.data.pack import pack_ase_database, read_database_metadata
 from spk_meta.data.splits import DatabaseIdentity
 from spk_meta.data.store import META_FILE, PackedStore, StoreError
 
@@ -71,7 +69,6 @@ DETERMINISTIC_TRANSFORMS = (
 )
 
 NAN_POLICIES = ("fail", "skip")
-_SQLITE_MAGIC = b"SQLite format 3\x00"
 
 #: Tasks with more frames than this are "large": their transformed samples are not cached
 #: (a neighbour list costs ~10 KB a sample) and the data module gives them DataLoader
@@ -145,20 +142,19 @@ def _is_store(path: Path) -> bool:
     return path.is_dir()
 
 
-def _open_metadata(path: Path) -> dict:
+def _check_database_file(path: Path) -> None:
     if not path.exists():
         raise TaskDataError(f"{path}: no such task database")
     if not path.is_file():
         raise TaskDataError(f"{path}: not a file (a task is one ASE database file or a packed store folder)")
-    with open(path, "rb") as fh:
-        head = fh.read(len(_SQLITE_MAGIC))
-    if head != _SQLITE_MAGIC:
-        raise TaskDataError(f"{path}: not an ASE database (not an SQLite file)")
+
+
+def _open_metadata(path: Path) -> dict:
+    _check_database_file(path)
     try:
-        with connect(str(path), type="db", use_lock_file=False) as conn:
-            return dict(conn.metadata)
-    except (sqlite3.DatabaseError, KeyError, ValueError) as err:
-        raise TaskDataError(f"{path}: not a readable ASE database ({err})") from None
+        return read_database_metadata(path)
+    except StoreError as err:
+        raise TaskDataError(str(err)) from None
 
 
 def _parse_level(name: Optional[str]) -> Optional[LevelOfTheory]:
@@ -309,12 +305,13 @@ class TaskData(torch.utils.data.Dataset):
             self.level_of_theory = _parse_level(level)
         else:
             self.is_database = True
-            md = _open_metadata(self.path)
-            self.metadata = md
+            _check_database_file(self.path)
             try:
                 self.store = pack_ase_database(self.path, energy_key, forces_key, cache=cache, progress=progress)
             except StoreError as err:
                 raise TaskDataError(str(err)) from None
+            md = dict(self.store.source.get("metadata", {}))  # read once, when it was packed
+            self.metadata = md
             self.label_set = PACKED_DB_LABELS
             ls = self.store.label_sets[self.label_set]
             level = md.get(METADATA_KEY)
