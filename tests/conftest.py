@@ -29,6 +29,13 @@ def cache_root(tmp_path_factory) -> Iterator[Path]:
         os.environ["SPKMETA_CACHE"] = previous
 
 
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run the test in its own tmp_path (relative paths and split files land there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
 @pytest.fixture(scope="session")
 def ethanol(cache_root):
     from spk_meta.datasets import ethanol_multilevel

@@ -19,7 +19,6 @@ from spk_meta.data import (
     save_splits,
     write_database,
 )
-from test_task_data import in_tmp  # noqa: F401 (fixture: run in tmp_path)
 from test_task_data import make_dm as make_task_dm
 
 

@@ -13,13 +13,14 @@ from ase.build import molecule
 from ase.db import connect
 from schnetpack import transform as T
 
-from spk_meta.data import TaskData, TaskDataError, TaskDataModule, TaskDataset, TaskBatchStream, write_database
+from spk_meta.data import TaskData, TaskDataError, TaskDataset, TaskBatchStream, write_database
 from spk_meta.data import datamodule as datamodule_module
 from spk_meta.data import sampling as sampling_module
 from spk_meta.data import task_dataset as task_dataset_module
 from spk_meta.data.atomrefs import composition_matrix
 from spk_meta.data.sampling import PseudoRandomPermutation
 from spk_meta.data.store import LabelSet, StoreWriter
+from test_task_data import make_dm as task_data_module
 
 PRETRAIN = {
     "wb97x_6-31gs": "pretrain_wb97x_631gs_300K",
@@ -28,21 +29,10 @@ PRETRAIN = {
 }
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def make_dm(tasks, **kw):
-    kw.setdefault("batch_size", 8)
-    kw.setdefault("num_train", 120)
-    kw.setdefault("num_val", 30)
-    kw.setdefault("num_test", 50)
+    """test_task_data's data module, in float64 (compared with values read in float64)."""
     kw.setdefault("transforms", [T.MatScipyNeighborList(5.2), T.CastTo64()])
-    dm = TaskDataModule(tasks, **kw)
-    dm.setup("fit")
-    return dm
+    return task_data_module(tasks, **kw)
 
 
 def read_rows(db):

@@ -36,12 +36,6 @@ def tasks(ethanol):
     return {name: ethanol[stem].db for name, stem in PRETRAIN.items()}
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def make_dm(tasks, **kw):
     kw.setdefault("batch_size", 8)
     kw.setdefault("num_train", 120)

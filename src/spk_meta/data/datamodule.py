@@ -60,7 +60,7 @@ from spk_meta.data.atomrefs import (
     save_energy_references,
 )
 from spk_meta.data.sampling import TaskBatchSampler, TaskBatchStream, task_sampling_weights
-from spk_meta.data.splits import SPLIT_NAMES, TaskSplitMismatch, load_or_draw_splits, split_counts
+from spk_meta.data.splits import SPLIT_NAMES, load_or_draw_splits, split_counts
 from spk_meta.data.task_dataset import (
     LARGE_TASK_FRAMES,
     PathLike,

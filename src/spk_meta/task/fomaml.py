@@ -14,7 +14,7 @@ adapted weights rather than towards the adapted weights. ``trainer.global_step``
 k inner steps per task plus one outer step.
 """
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
