@@ -28,6 +28,7 @@ whole; a frame is read when it is asked for.
 
 import json
 import os
+import re
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -36,7 +37,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from spk_meta.data.writer import pid_alive
+from spk_meta.data.writer import stale_temporaries
 from spk_meta.utils.atomic import AllOrNothing
 
 PathLike = Union[str, Path]
@@ -377,6 +378,10 @@ class StoreWriter(AllOrNothing):
         self._closed = True
 
 
+#: A store being written: ``.NAME.spkstore.PID-XXXXXXXX.tmp`` next to its final name.
+TEMPORARY_STORE_NAME = re.compile(r"^\.(?P<name>.+" + re.escape(STORE_SUFFIX) + r")\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
+
+
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     """Remove temporary store folders in ``folder`` whose writing process no longer runs.
 
@@ -384,20 +389,11 @@ def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     alone (another writer may be working). Returns the removed paths.
     """
     removed = []
-    folder = Path(folder)
-    if not folder.is_dir():
-        return removed
-    for p in folder.glob(f".*{STORE_SUFFIX}.*.tmp"):
-        try:
-            pid = int(p.name.rsplit(".", 2)[-2].split("-")[0])
-        except (ValueError, IndexError):
-            continue
-        if pid_alive(pid):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
+    for p in stale_temporaries(folder, TEMPORARY_STORE_NAME):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
     return removed
-
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -54,21 +54,27 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def stale_temporaries(folder: Union[str, Path], pattern: "re.Pattern") -> List[Path]:
+    """Entries of ``folder`` whose name matches ``pattern`` (with a ``pid`` group) and whose
+    writing process no longer runs (killed); a live writer's entry is never listed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.iterdir()):
+        m = pattern.match(p.name)
+        if m and not pid_alive(int(m["pid"])):
+            out.append(p)
+    return out
+
+
 def stale_temporary_files(folder: Union[str, Path]) -> List[Path]:
     """Temporary databases in ``folder`` left by writers that no longer run (killed).
 
     Only names of the form :data:`TEMPORARY_NAME` count, and only when their process id
     is not alive: a live writer's file (or one of a reused pid) is never listed.
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    out = []
-    for p in sorted(folder.iterdir()):
-        m = TEMPORARY_NAME.match(p.name)
-        if m and p.is_file() and not pid_alive(int(m["pid"])):
-            out.append(p)
-    return out
+    return [p for p in stale_temporaries(folder, TEMPORARY_NAME) if p.is_file()]
 
 
 def _place(tmp: Path, final: Path, overwrite: bool) -> None:
