@@ -3,9 +3,9 @@
 :func:`write_packed` streams a reader's :class:`~spk_meta.convert.base.SourceGroup` s (one
 composition, ``n_conf`` conformers as arrays) into one
 :class:`~spk_meta.data.store.StoreWriter`: positions once, one label set per level of
-theory (named by the level's slug). Filters run vectorised per group and per level, with
-the reasons, their order and their counts of the per-level database path
-(:func:`spk_meta.convert.run._write_levels`), so both outputs hold the same frames per level:
+theory (named by the level's slug). Filters run vectorised per group and per level in
+:func:`usable`, which the per-level database path also applies (to groups of one frame),
+so both outputs hold the same frames per level and count skips alike:
 
 * a structure whose label at one level is unusable (NaN/inf energy, missing/non-finite
   forces, ``--max-force``, ``--energy-cut``) is stored with NaN labels at that level (the
@@ -34,8 +34,8 @@ def usable(summary_skipped: Counter, spec: LevelSpec, energy: np.ndarray, forces
            n_atoms: int, max_force: Optional[float], window: Optional[Tuple[float, float]]) -> np.ndarray:
     """Which of a group's frames have a usable label at one level, ``(n_conf,)`` bool.
 
-    Each unusable frame is counted in ``summary_skipped`` under the first reason it fails,
-    checked in the order (and with the wording) of the database path.
+    Each unusable frame is counted in ``summary_skipped`` under the first reason it fails
+    (the rule set of both output formats).
 
     Args:
         energy: eV, ``(n_conf,)``; forces: eV/Ang, ``(n_conf, n_atoms, 3)`` or ``None``.

@@ -17,7 +17,7 @@ from spk_meta.convert.ase_files import ASEReader
 from spk_meta.convert.base import ConversionError, PathLike, Reader, SourceFrame
 from spk_meta.convert.outdir import OutputFolder, check_outdir
 from spk_meta.convert.outliers import EnergyOutliers, OutlierReport
-from spk_meta.convert.packed import label_sets, write_packed
+from spk_meta.convert.packed import label_sets, usable, write_packed
 from spk_meta.convert.qm7x import QM7XReader
 from spk_meta.convert.rmd17 import RMD17Reader
 from spk_meta.convert.spice import SpiceReader
@@ -124,10 +124,6 @@ def _check_positive(name: str, value: Any) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value) or value <= 0:
         raise ConversionError(f"{name} must be a positive number, got {value!r}")
-
-
-def _max_force(forces: np.ndarray) -> float:
-    return float(np.linalg.norm(forces, axis=1).max()) if len(forces) else 0.0
 
 
 def _energy_windows(reader: Reader, keys: Sequence[str], cut: float) -> Dict[str, tuple]:
@@ -411,31 +407,18 @@ def _convert_packed_locked(
 
 
 def _write_levels(frame: SourceFrame, specs, writers, summaries, max_force, windows, outliers) -> None:
+    """One frame into each level's database, through the packed path's filters
+    (:func:`spk_meta.convert.packed.usable` on a group of one), so both outputs keep and
+    count the same frames."""
     for k, (energy, forces) in frame.labels.items():
         if k not in specs:
             continue
         s = summaries[k]
-        if np.isnan(energy):
-            s.skipped["no energy (NaN)"] += 1
+        group_forces = None if forces is None else np.asarray(forces)[None]
+        keep = usable(s.skipped, specs[k], np.array([energy], dtype=np.float64), group_forces,
+                      len(frame.numbers), max_force, windows.get(k))
+        if not keep[0]:
             continue
-        if not np.isfinite(energy):
-            s.skipped["non-finite energy (inf)"] += 1
-            continue
-        if specs[k].has_forces:
-            if forces is None:
-                s.skipped["no forces"] += 1
-                continue
-            if not np.isfinite(forces).all():
-                s.skipped["forces NaN" if np.isnan(forces).any() else "non-finite forces (inf)"] += 1
-                continue
-            if max_force is not None and _max_force(forces) > max_force:
-                s.skipped[f"force above --max-force {max_force:g} eV/Ang"] += 1
-                continue
-        if k in windows:
-            lo, hi = windows[k]
-            if not lo <= energy / len(frame.numbers) <= hi:
-                s.skipped["energy per atom outside --energy-cut of the median"] += 1
-                continue
         writers[k].add(frame.numbers, frame.positions, energy, forces if specs[k].has_forces else None,
                        cell=frame.cell, pbc=frame.pbc)
         outliers[k].add(frame.numbers, energy)
