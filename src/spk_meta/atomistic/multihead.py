@@ -31,7 +31,7 @@ from torch import nn
 from spk_meta import properties
 from spk_meta.atomistic.elementwise import ElementwiseAtomwise
 
-__all__ = ["MultiHead", "select_head", "find_multihead", "head_names", "choose_head", "choose_best_head", "HEAD_CHOICES"]
+__all__ = ["MultiHead", "select_head", "find_multihead", "head_names", "choose_head", "choose_best_head", "best_head_pending", "HEAD_CHOICES"]
 
 
 class MultiHead(nn.Module):
@@ -210,14 +210,20 @@ def choose_head(model: nn.Module, head: Optional[str]) -> nn.Module:
     return select_head(model, head)
 
 
+def best_head_pending(model: nn.Module) -> bool:
+    """Whether the model's heads wait for ``model.head=best`` (:func:`choose_head`)."""
+    mh = find_multihead(model)
+    return mh is not None and getattr(mh, "pending_choice", None) == "best"
+
+
 def choose_best_head(model: nn.Module, batches, predict, loss_fn) -> Optional[Tuple[str, Dict[str, float]]]:
     """If the model's heads wait for ``best`` (:func:`choose_head`), keep the head with the
     lowest mean ``loss_fn(predict(batch), batch)`` over ``batches``; return its name and
     every head's loss (``None`` if nothing waits). Nothing is trained.
     """
-    mh = find_multihead(model)
-    if mh is None or getattr(mh, "pending_choice", None) != "best":
+    if not best_head_pending(model):
         return None
+    mh = find_multihead(model)
     batches = list(batches)
     if not batches:
         raise ValueError("model.head=best needs training frames to compare the heads on")

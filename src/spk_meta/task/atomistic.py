@@ -9,7 +9,7 @@ import schnetpack as spk
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from spk_meta.atomistic.multihead import choose_best_head
+from spk_meta.atomistic.multihead import best_head_pending, choose_best_head
 from spk_meta.model.preflight import (
     check_model_against_data,
     data_elements,
@@ -59,7 +59,7 @@ class AtomisticTask(spk.task.AtomisticTask):
             self.model.trained_elements = sorted(seen)
             self._record_energy_level(dm)
         drop_unlabelled_outputs(self, dm)  # energy-only data: no loss on forces, one warning
-        if stage == "fit" and dm is not None:
+        if stage == "fit" and dm is not None and best_head_pending(self.model):
             self._choose_best_head(dm)
         super().setup(stage)
 
