@@ -31,7 +31,7 @@ from torch import nn
 from spk_meta import properties
 from spk_meta.atomistic.elementwise import ElementwiseAtomwise
 
-__all__ = ["MultiHead", "select_head", "find_multihead", "head_names", "choose_head", "choose_best_head", "best_head_pending", "HEAD_CHOICES"]
+__all__ = ["MultiHead", "select_head", "find_multihead", "head_names", "choose_head", "choose_best_head", "best_head_pending"]
 
 
 class MultiHead(nn.Module):
@@ -157,10 +157,6 @@ def select_head(model: nn.Module, name: str) -> nn.Module:
             model.output_modules[i] = copy.deepcopy(module.heads[name])
             return model
     raise ValueError("the model has no multi-head output module (nothing to select)")
-
-
-#: ``choose_head`` choices besides a head's name
-HEAD_CHOICES = ("best", "fresh")
 
 
 def _reset_readout(module: nn.Module) -> None:
