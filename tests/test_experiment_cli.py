@@ -73,14 +73,59 @@ def test_table_with_one_seed_shows_no_spread():
 
 def test_presets_expand_to_every_combination():
     pre, ft = expand(PRESETS["full"])
-    assert len(pre) == 2 * 5 * 3  # architectures x k x seeds
-    assert len(ft) == 2 * 6 * 3 * 3  # x (none + 5 k) x N x seeds
-    assert {r.variant for r in ft} == {None, 1, 10, 30, 100, 300}
+    # joint, Reptile x 4 k, multi-head, FOMAML x 2 k, transfer
+    variants = ["k1", "k10", "k30", "k100", "k300", "multihead", "fomaml_k3", "fomaml_k10", "transfer"]
+    assert len(pre) == 2 * len(variants) * 3  # architectures x variants x seeds
+    assert len(ft) == 2 * (1 + len(variants)) * 3 * 3  # x (none + variants) x N x seeds
+    assert [v.tag for v in PRESETS["full"].variants()] == ["none", *variants]
+    assert len({r.name for r in pre}) == len(pre) and len({r.name for r in ft}) == len(ft)
+    quick = [v.tag for v in PRESETS["quick"].variants()]
+    assert quick == ["none", "k1", "k10", "multihead", "fomaml_k3", "transfer"]
+
+
+def test_methods_are_validated_and_old_spellings_still_mean_the_same():
+    from spk_meta.experiment import Preset, PretrainRun, Variant
+
+    assert FinetuneRun("ani", None, 25, 0).name == "ft_ani_none_n25_s0"
+    assert FinetuneRun("ani", 1, 25, 0).variant == Variant("joint")
+    assert PretrainRun("ani", 10, 0).name == "pre_ani_k10_s0"
+    assert PretrainRun("ani", Variant("fomaml", 3), 1).name == "pre_ani_fomaml_k3_s1"
+    with pytest.raises(ValueError, match=r"unknown method\(s\) maml; choose from none, joint"):
+        Preset(methods=("none", "maml"))
+    with pytest.raises(ValueError, match="'multihead' has no k"):
+        Variant("multihead", 5)
+    with pytest.raises(ValueError, match="no pre-training run"):
+        PretrainRun("ani", None, 0)
+    # a k of 1 among Reptile's is the joint method, never a Reptile run with k = 1
+    assert [v.tag for v in Preset(methods=("reptile",), ks=(1, 30, 10)).variants()] == ["k10", "k30"]
+
+
+def test_every_method_and_its_k_choice_in_the_table():
+    """FOMAML's k is chosen on validation like Reptile's, separately; methods without k
+    are never marked; rows are in method order."""
+    from spk_meta.experiment import Variant
+
+    evaluated = []
+    for seed in (0, 1):
+        for v, val, test in [(Variant("none"), 0.9, 0.9), (Variant("joint"), 0.5, 0.5),
+                             (Variant("reptile", 10), 0.3, 0.4), (Variant("reptile", 30), 0.4, 0.3),
+                             (Variant("multihead"), 0.2, 0.2), (Variant("fomaml", 3), 0.6, 0.6),
+                             (Variant("fomaml", 10), 0.7, 0.55), (Variant("transfer"), 0.8, 0.8)]:
+            evaluated.append((FinetuneRun("ani", v, 25, seed), fake_eval(val, test)))
+    rows = rows_from_runs(evaluated)
+    from spk_meta.experiment import choose_ks
+
+    assert choose_ks(rows) == {("ani", 25, "reptile"): 10, ("ani", 25, "fomaml"): 3}
+    summary = [s for s in summarise(rows) if s["T"] == 300]
+    assert [(s["pretraining"], s["selected"]) for s in summary] == [
+        ("none", False), ("k=1 (joint)", False), ("Reptile k=10", True), ("Reptile k=30", False),
+        ("multi-head", False), ("FOMAML k=3", True), ("FOMAML k=10", False), ("transfer (one dataset)", False)]
+    assert "| ani | FOMAML k=3 ← k chosen on validation | 25 | 300 | 0.6000 ± 0.0000" in markdown(summary)
 
 
 @pytest.mark.slow
 def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
-    args = ["spkmeta", "experiment", "--k", "1,3", "--n", "10", "--seeds", "0", "--pretrain-epochs", "1",
+    args = ["spkmeta", "experiment", "--methods", "none,joint,reptile", "--k", "3", "--n", "10", "--seeds", "0", "--pretrain-epochs", "1",
             "--finetune-epochs", "2", "--out", str(tmp_path / "exp")]
     first = run_cli(args, cwd=tmp_path)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]

@@ -181,13 +181,19 @@ def test_spktrain_exiting_0_without_best_model_is_a_failure(tmp_path, fake_spktr
     assert read_record(runner.run_dir(PRE.name))["status"] == "started"
 
 
+def cli_args(out, *extra):
+    """``spkmeta experiment`` arguments as its own parser reads them (1-epoch budgets)."""
+    from spk_meta.cli.main import build_parser
+
+    return build_parser().parse_args(["experiment", "--out", str(out), "--pretrain-epochs", "1",
+                                      "--finetune-epochs", "1", *extra])
+
+
 def test_cli_stops_at_the_first_failed_run(tmp_path, fake_spktrain, monkeypatch, capsys):
     from spk_meta.cli.experiment import run
 
     monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
-    args = Namespace(preset="quick", out=str(tmp_path / "exp"), architectures=None, k="1,10", n=None,
-                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
-    assert run(args) == 1
+    assert run(cli_args(tmp_path / "exp", "--methods", "none,joint,reptile", "--k", "10")) == 1
     err = capsys.readouterr().err
     assert "spkmeta experiment: error: training run pre_ani_k1_s0 failed" in err
     assert str(tmp_path / "exp" / "runs" / "pre_ani_k1_s0") in err and "pre_ani_k1_s0.log" in err
@@ -201,9 +207,7 @@ def test_ctrl_c_leaves_the_run_to_be_resumed(tmp_path, fake_spktrain, monkeypatc
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner_module.subprocess, "run", interrupted)
-    args = Namespace(preset="quick", out=str(tmp_path / "exp"), architectures=None, k="1", n=None,
-                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
-    assert run(args) == 130
+    assert run(cli_args(tmp_path / "exp", "--methods", "joint")) == 130
     assert "interrupted. Rerun the same command to continue" in capsys.readouterr().err
     assert read_record(tmp_path / "exp" / "runs" / "pre_ani_k1_s0")["status"] == "started"
 
@@ -214,8 +218,7 @@ def test_one_comparison_per_output_folder(tmp_path, fake_spktrain, capsys):
     from spk_meta.experiment import OutputBusy, output_lock
 
     root = tmp_path / "exp"
-    args = Namespace(preset="quick", out=str(root), architectures=None, k="1", n=None,
-                     seeds=None, pretrain_epochs=1, finetune_epochs=1)
+    args = cli_args(root, "--methods", "joint")
     with output_lock(root) as lock:
         with pytest.raises(OutputBusy, match=f"pid {os.getpid()}"):
             with output_lock(root):
@@ -302,3 +305,76 @@ def test_real_spktrain_run_resumes_from_its_last_checkpoint(tmp_path, cache_root
     log = (tmp_path / "exp" / "logs" / f"{pre.name}.log").read_text()
     assert "Restored all states from the checkpoint at checkpoints/last.ckpt" in log
     assert read_record(run)["status"] == "finished"
+
+
+# -- methods and cases ---------------------------------------------------------------------
+
+
+def test_every_method_trains_with_its_experiment_data_and_the_same_inner_step_budget(tmp_path, fake_spktrain):
+    """Budget: 2 epochs over the organic case's 760 training frames = 95 inner steps of 16
+    structures for every method; FOMAML's counter also holds one outer step per k = 3 inner
+    steps (95 * 4 // 3 = 126). Multi-head fine-tuning starts from the best head."""
+    from spk_meta.experiment import CASES, Variant
+
+    runner = Runner(tmp_path / "exp", Preset(pretrain_epochs=2, num_val=5), log=[].append, case=CASES["organic"])
+    variants = [Variant("joint"), Variant("reptile", 10), Variant("multihead"), Variant("fomaml", 3),
+                Variant("transfer")]
+    for v in variants:
+        runner.pretrain(PretrainRun("ani", v, 0))
+        runner.finetune(FinetuneRun("ani", v, 25, 0))
+    runner.finetune(FinetuneRun("ani", None, 25, 0))
+    argv = {c["id"]: c["argv"] for c in fake_spktrain()}
+    expected = {
+        "pre_ani_k1_s0": ["experiment=joint_ani", "data=organic_multilevel", "+trainer.max_steps=95"],
+        "pre_ani_k10_s0": ["experiment=reptile_ani", "data=organic_multilevel", "+trainer.max_steps=95",
+                           "task.inner_steps=10"],
+        "pre_ani_multihead_s0": ["experiment=multihead_ani", "data=organic_multilevel", "+trainer.max_steps=95"],
+        "pre_ani_fomaml_k3_s0": ["experiment=reptile_ani", "task=fomaml", "task.inner_steps=3",
+                                 "data=organic_multilevel", "+trainer.max_steps=126"],
+        "pre_ani_transfer_s0": ["experiment=transfer_ani", "data=organic_hf_def2svp", "+trainer.max_steps=95"],
+    }
+    for name, parts in expected.items():
+        assert set(parts) <= set(argv[name]), (name, argv[name])
+    for v in variants:
+        ft = argv[FinetuneRun("ani", v, 25, 0).name]
+        assert {"experiment=finetune_ani", "data=ethylamine_mp2", "data.num_train=25", "data.num_val=5"} <= set(ft)
+        assert ("model.head=best" in ft) == (v.method == "multihead")
+        pre = PretrainRun("ani", v, 0).name
+        assert f"pretrained={runner.run_dir(pre) / 'best_model'}" in ft
+    assert {"experiment=scratch_ani", "data=ethylamine_mp2"} <= set(argv["ft_ani_none_n25_s0"])
+
+
+def test_pretraining_budget_counts_the_cases_training_frames(cache_root, tmp_path, monkeypatch):
+    """The frame count that sets each case's budget equals what the data module trains on
+    with the case's own data config (its tasks and split fractions)."""
+    from omegaconf import OmegaConf
+
+    from spk_meta.data import TaskDataModule
+    from spk_meta.experiment import CASES
+    from spk_meta.resolvers import RESOLVERS
+
+    import spk_meta.configs
+
+    monkeypatch.chdir(tmp_path)
+    for name, fn in RESOLVERS.items():
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+    for case in CASES.values():
+        conf = OmegaConf.load(Path(spk_meta.configs.__file__).parent / "data" / f"{case.pretrain_data}.yaml")
+        counts = {k: conf[k] for k in ("num_train", "num_val", "num_test")}
+        dm = TaskDataModule(tasks=OmegaConf.to_container(conf.tasks, resolve=True), batch_size=16,
+                            references_file=None, split_file=f"{case.name}_splits.npz", **counts)
+        dm.setup("fit")
+        assert len(dm.train_dataset) == case.pretrain_train_frames, case.name
+
+
+def test_an_output_folder_holds_one_case(tmp_path, fake_spktrain, capsys, monkeypatch):
+    from spk_meta.cli.experiment import run
+
+    root = tmp_path / "exp"
+    monkeypatch.setenv("FAKE_SPKTRAIN_DIE", "before_checkpoint")
+    assert run(cli_args(root, "--methods", "joint")) == 1  # the ethanol case, stopped by a failed run
+    capsys.readouterr()
+    assert run(cli_args(root, "--case", "organic", "--methods", "joint")) == 1
+    err = capsys.readouterr().err
+    assert f"{root} holds the ethanol case's comparison" in err and "choose another --out for --case organic" in err
+    assert [c["id"] for c in fake_spktrain()] == ["pre_ani_k1_s0"]

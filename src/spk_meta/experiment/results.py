@@ -1,4 +1,8 @@
-"""Tables and plots of a comparison: mean ± std over seeds, k chosen on validation."""
+"""Tables and plots of a comparison: mean ± std over seeds, k chosen on validation.
+
+Rows carry ``method`` (see :data:`spk_meta.experiment.plan.METHODS`) and ``k`` (``None``
+for no pre-training, 1 for methods without inner steps).
+"""
 
 import csv
 import io
@@ -8,18 +12,23 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from spk_meta.experiment.plan import METHODS, METHODS_WITH_K
 from spk_meta.utils import atomic_path
 
 METRICS = ("energy_rmse", "energy_mae", "forces_rmse", "forces_mae")
+#: per-scan scores (spk_meta.evaluate.scan_scores.SCAN_METRICS) in the scan table
+SCAN_COLUMNS = ("aligned_rmse", "roughness_ratio", "spurious_barriers", "plateau_error")
 
 
-def variant_label(k: Optional[int]) -> str:
-    return "none" if k is None else ("k=1 (joint)" if k == 1 else f"Reptile k={k}")
+def variant_label(method: str, k: Optional[int] = None) -> str:
+    """Table/legend name of a pre-training variant."""
+    return {"none": "none", "joint": "k=1 (joint)", "reptile": f"Reptile k={k}", "multihead": "multi-head",
+            "fomaml": f"FOMAML k={k}", "transfer": "transfer (one dataset)"}[method]
 
 
-def variant_order(k: Optional[int]) -> int:
-    """Sort key of a pre-training variant: none, then k numerically (1, 10, 30, 100, 300)."""
-    return -1 if k is None else k
+def variant_order(method: str, k: Optional[int] = None) -> tuple:
+    """Sort key of a variant: methods in :data:`METHODS` order, k numerically within one."""
+    return METHODS.index(method), -1 if k is None else k
 
 
 def rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
@@ -28,40 +37,84 @@ def rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
     for run, ev in evaluated:
         val = (ev.get("val") or {}).get("forces_rmse", np.nan)
         for t, errs in ev["test"].items():
-            rows.append({"architecture": run.architecture, "k": run.variant, "n": run.n, "seed": run.seed,
-                         "T": int(t), "val_forces_rmse": val, **{m: errs.get(m, np.nan) for m in METRICS}})
+            rows.append({"architecture": run.architecture, "method": run.variant.method, "k": run.variant.legacy_k,
+                         "n": run.n, "seed": run.seed, "T": int(t), "val_forces_rmse": val,
+                         **{m: errs.get(m, np.nan) for m in METRICS}})
     return rows
 
 
-def choose_k(rows: List[Dict]) -> Dict[tuple, int]:
-    """Per (architecture, N): the Reptile k (> 1) with the lowest mean validation force
-    RMSE over seeds (validation frames come from the MP2 training file, never the tests)."""
+def choose_ks(rows: List[Dict]) -> Dict[tuple, int]:
+    """Per (architecture, N, method with a k): the k with the lowest mean validation force
+    RMSE over seeds (validation frames come from the target's training file, never the
+    tests)."""
     val = defaultdict(list)
+    first_t = min((r["T"] for r in rows), default=None)  # one row per run: validation repeats per T
     for r in rows:
-        if r["k"] is not None and r["k"] > 1 and r["T"] == 300:
-            val[(r["architecture"], r["n"], r["k"])].append(r["val_forces_rmse"])
+        if r["method"] in METHODS_WITH_K and r["T"] == first_t:
+            val[(r["architecture"], r["n"], r["method"], r["k"])].append(r["val_forces_rmse"])
     best: Dict[tuple, tuple] = {}
-    for (arch, n, k), v in val.items():
+    for (arch, n, method, k), v in val.items():
         score = float(np.nanmean(v))
-        if (arch, n) not in best or score < best[(arch, n)][1]:
-            best[(arch, n)] = (k, score)
+        if (arch, n, method) not in best or score < best[(arch, n, method)][1]:
+            best[(arch, n, method)] = (k, score)
     return {key: k for key, (k, _) in best.items()}
+
+
+def choose_k(rows: List[Dict]) -> Dict[tuple, int]:
+    """Per (architecture, N): the Reptile k chosen on validation (:func:`choose_ks`)."""
+    return {(a, n): k for (a, n, m), k in choose_ks(rows).items() if m == "reptile"}
+
+
+def _mean_std(values) -> tuple:
+    v = np.array(values, dtype=float)
+    return float(np.mean(v)), (float(np.std(v)) if len(v) > 1 else 0.0)
 
 
 def summarise(rows: List[Dict]) -> List[Dict]:
     """Mean and std over seeds per (architecture, variant, N, T), plus the k-selected rows."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["architecture"], r["k"], r["n"], r["T"])].append(r)
-    chosen = choose_k(rows)
+        groups[(r["architecture"], r["method"], r["k"], r["n"], r["T"])].append(r)
+    chosen = choose_ks(rows)
     out = []
-    for (arch, k, n, t), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], variant_order(kv[0][1]), *kv[0][2:])):
-        entry = {"architecture": arch, "pretraining": variant_label(k), "k": k, "n": n, "T": t, "seeds": len(rs),
-                 "selected": chosen.get((arch, n)) == k}
+    for (arch, method, k, n, t), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], variant_order(kv[0][1], kv[0][2]), *kv[0][3:])):
+        entry = {"architecture": arch, "pretraining": variant_label(method, k), "method": method, "k": k, "n": n,
+                 "T": t, "seeds": len(rs),
+                 "selected": method in METHODS_WITH_K and chosen.get((arch, n, method)) == k}
         for m in METRICS:
-            v = np.array([r[m] for r in rs], dtype=float)
-            entry[m] = float(np.mean(v))
-            entry[m + "_std"] = float(np.std(v)) if len(v) > 1 else 0.0
+            entry[m], entry[m + "_std"] = _mean_std([r[m] for r in rs])
+        out.append(entry)
+    return out
+
+
+def scan_rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
+    """``[(FinetuneRun, eval dict), ...]`` -> one row per run and scan (runs without scans
+    give none)."""
+    rows = []
+    for run, ev in evaluated:
+        for scan, scores in (ev.get("scans") or {}).items():
+            rows.append({"architecture": run.architecture, "method": run.variant.method, "k": run.variant.legacy_k,
+                         "n": run.n, "seed": run.seed, "scan": scan,
+                         **{m: (np.nan if scores.get(m) is None else scores[m]) for m in SCAN_COLUMNS}})
+    return rows
+
+
+def summarise_scans(scan_rows: List[Dict], rows: List[Dict]) -> List[Dict]:
+    """Mean and std over seeds of each scan score per (architecture, variant, N, scan);
+    ``selected`` marks the k chosen on validation (from the error ``rows``)."""
+    groups = defaultdict(list)
+    for r in scan_rows:
+        groups[(r["architecture"], r["method"], r["k"], r["n"], r["scan"])].append(r)
+    chosen = choose_ks(rows)
+    out = []
+    for (arch, method, k, n, scan), rs in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][4], variant_order(kv[0][1], kv[0][2]), kv[0][3])):
+        entry = {"architecture": arch, "pretraining": variant_label(method, k), "method": method, "k": k, "n": n,
+                 "scan": scan, "seeds": len(rs),
+                 "selected": method in METHODS_WITH_K and chosen.get((arch, n, method)) == k}
+        for m in SCAN_COLUMNS:
+            entry[m], entry[m + "_std"] = _mean_std([r[m] for r in rs])
         out.append(entry)
     return out
 
@@ -94,6 +147,31 @@ def markdown(summary: List[Dict]) -> str:
         pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
         cells = [_cell(s, m) for m in METRICS]
         lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['T']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _scan_cell(s: Dict, metric: str) -> str:
+    if not np.isfinite(s[metric]):
+        return "–"
+    digits = 2 if metric in ("roughness_ratio", "spurious_barriers") else 4
+    if s["seeds"] == 1:
+        return f"{s[metric]:.{digits}f}"
+    return f"{s[metric]:.{digits}f} ± {s[metric + '_std']:.{digits}f}"
+
+
+def markdown_scans(scan_summary: List[Dict]) -> str:
+    """Scan scores as a Markdown table (mean ± std over seeds): the aligned curve RMSE,
+    roughness relative to the reference, spurious barriers, dissociation plateau error
+    (stretches only)."""
+    lines = [
+        "| model | pre-training | N | scan | curve RMSE, means aligned (eV) | roughness / reference "
+        "| spurious barriers | plateau error (eV) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in scan_summary:
+        pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
+        cells = [_scan_cell(s, m) for m in SCAN_COLUMNS]
+        lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['scan']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -132,25 +210,28 @@ def learning_curves_figure(summary: List[Dict]):
     temps = sorted({s["T"] for s in summary})
     fig, axes = plt.subplots(len(archs), len(temps), figsize=(4 * len(temps), 3.2 * len(archs)), squeeze=False)
     for i, arch in enumerate(archs):
-        variants = sorted({s["k"] for s in summary if s["architecture"] == arch}, key=variant_order)
+        variants = sorted({(s["method"], s["k"]) for s in summary if s["architecture"] == arch},
+                          key=lambda v: variant_order(*v))
         for j, t in enumerate(temps):
             ax = axes[i][j]
-            for k in variants:
+            for method, k in variants:
                 _errorbar(ax, [(s["n"], s["forces_rmse"], s["forces_rmse_std"]) for s in summary
-                               if s["architecture"] == arch and s["T"] == t and s["k"] == k], variant_label(k))
+                               if s["architecture"] == arch and s["T"] == t and (s["method"], s["k"]) == (method, k)],
+                          variant_label(method, k))
             _log_ticks(ax, {s["n"] for s in summary})
-            ax.set_xlabel("MP2 training structures N")
+            ax.set_xlabel("target training structures N")
             ax.set_ylabel("force RMSE (eV/Å)")
-            ax.set_title(f"{arch}, MP2 test {t} K")
+            ax.set_title(f"{arch}, target test {t} K")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     return fig
 
 
 def error_vs_k_figure(summary: List[Dict]):
-    """Force RMSE vs k, one panel per (architecture, N), one line per T; no pre-training as
-    a dashed line."""
+    """Force RMSE vs k of joint training (k = 1) and Reptile, one panel per (architecture,
+    N), one line per T; no pre-training as a dashed line."""
     plt = _pyplot()
+    summary = [s for s in summary if s["method"] in ("none", "joint", "reptile")]
     archs = sorted({s["architecture"] for s in summary})
     temps = sorted({s["T"] for s in summary})
     ns = sorted({s["n"] for s in summary})
@@ -188,15 +269,81 @@ def plot(summary: List[Dict], root: Path) -> List[Path]:
     return paths
 
 
-def write_results(rows: List[Dict], root: Path) -> Dict[str, Path]:
+def _aligned_curves(evaluated: Sequence[tuple], key: str, arch: str, n: int) -> Dict[tuple, np.ndarray]:
+    """``{(method, k): (seeds, points)}`` scan energies of the runs with ``arch`` and ``n``,
+    each seed's curve shifted to zero mean (eV)."""
+    curves = defaultdict(list)
+    for run, ev in evaluated:
+        energies = ((ev.get("scans") or {}).get(key) or {}).get("energies")
+        if energies is not None and run.architecture == arch and run.n == n:
+            e = np.asarray(energies, dtype=float)
+            curves[(run.variant.method, run.variant.legacy_k)].append(e - e.mean())
+    return {v: np.stack(c) for v, c in curves.items()}
+
+
+def scan_figure(scan, key: str, evaluated: Sequence[tuple], chosen: Dict[tuple, int]):
+    """One scan against its reference: one panel per (architecture, N), one line per
+    variant (for Reptile and FOMAML only the k chosen on validation) with the mean over
+    seeds and a band of ± one std; each curve and the reference (dashed black) are shifted
+    to zero mean, as the aligned RMSE compares them."""
+    plt = _pyplot()
+    panels = sorted({(run.architecture, run.n) for run, ev in evaluated if key in (ev.get("scans") or {})})
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(4.2 * max(len(panels), 1), 3.4), squeeze=False)
+    x = np.asarray(scan.coordinate, dtype=float)
+    ref = np.asarray(scan.reference, dtype=float)
+    for ax, (arch, n) in zip(axes[0], panels):
+        curves = _aligned_curves(evaluated, key, arch, n)
+        for (method, k) in sorted(curves, key=lambda v: variant_order(*v)):
+            if method in METHODS_WITH_K and chosen.get((arch, n, method)) != k:
+                continue
+            c = curves[(method, k)]
+            line, = ax.plot(x, c.mean(0), label=variant_label(method, k), lw=1.3)
+            if len(c) > 1:
+                ax.fill_between(x, c.mean(0) - c.std(0), c.mean(0) + c.std(0), color=line.get_color(), alpha=0.15)
+        ax.plot(x, ref - ref.mean(), "k--", lw=1.6, label="reference (MP2)")
+        ax.set_xlabel(f"{scan.kind} coordinate ({scan.unit})")
+        ax.set_ylabel("energy − curve mean (eV)")
+        ax.set_title(f"{key.removeprefix('scan_')}: {arch}, N = {n}", fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def write_results(rows: List[Dict], root: Path, evaluated: Optional[Sequence[tuple]] = None,
+                  scans: Optional[Dict[str, object]] = None) -> Dict[str, Path]:
+    """Tables (CSV, Markdown) and figures of a comparison in ``root``, each written atomically.
+
+    Args:
+        rows: :func:`rows_from_runs` of the evaluated runs.
+        evaluated: ``[(FinetuneRun, eval dict), ...]``; with ``scans``, their scan scores
+            and curves.
+        scans: ``{dataset key: LabelledScan}`` of the case's reference scans (the scan
+            table, ``results_scans.csv`` and one ``scan_<name>.png`` per scan).
+    """
     summary = summarise(rows)
     root = Path(root)
     _write_csv(root / "results_runs.csv", rows)
     _write_csv(root / "results.csv", summary)
     md = markdown(summary)
+    paths = {"runs_csv": root / "results_runs.csv", "csv": root / "results.csv", "markdown": root / "results.md"}
+    if scans and evaluated:
+        scan_rows = scan_rows_from_runs(evaluated)
+        scan_summary = summarise_scans(scan_rows, rows)
+        _write_csv(root / "results_scans_runs.csv", scan_rows)
+        _write_csv(root / "results_scans.csv", scan_summary)
+        md += "\n\n" + markdown_scans(scan_summary)
+        paths.update(scans_csv=root / "results_scans.csv", scans_runs_csv=root / "results_scans_runs.csv")
+        plt = _pyplot()
+        chosen = choose_ks(rows)
+        for key, scan in scans.items():
+            fig = scan_figure(scan, key, evaluated, chosen)
+            path = root / f"{key}.png"
+            with atomic_path(path, overwrite=True) as tmp:
+                fig.savefig(tmp, dpi=120)
+            plt.close(fig)
+            paths[key] = path
     with atomic_path(root / "results.md", overwrite=True) as tmp:
         tmp.write_text(md + "\n")
-    paths = {"runs_csv": root / "results_runs.csv", "csv": root / "results.csv", "markdown": root / "results.md"}
     for p in plot(summary, root):
         paths[p.stem] = p
     return paths

@@ -20,16 +20,17 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+import spk_meta.datasets
 from spk_meta.data import load_splits
-from spk_meta.datasets import ethanol_multilevel
 from spk_meta.evaluate import error_metrics, evaluate, load_model, predict, read_labelled
-from spk_meta.experiment.plan import FinetuneRun, Preset, PretrainRun
+from spk_meta.experiment.plan import CASES, Case, FinetuneRun, Preset, PretrainRun
 from spk_meta.experiment.record import FINISHED, RunSpec, decide, read_record, write_finished, write_started
 from spk_meta.utils import atomic_path
 
-TEMPERATURES = (300, 600, 900)
-#: inner steps in one pass over data=ethanol_multilevel: 3 levels x 160 frames / batch 16
-PRETRAIN_BATCHES_PER_EPOCH = 3 * 160 // 16
+#: structures per batch in every shipped data config (the budget counts batches)
+BATCH_SIZE = 16
+#: the file in a comparison folder that says which case it holds
+CASE_FILE = "comparison.json"
 
 
 class RunFailed(RuntimeError):
@@ -38,6 +39,36 @@ class RunFailed(RuntimeError):
 
 class OutputBusy(RuntimeError):
     """Another ``spkmeta experiment`` holds the output folder."""
+
+
+class OtherCase(RuntimeError):
+    """The output folder holds another case's comparison."""
+
+
+def claim_for_case(root: Path, case: Case) -> None:
+    """Record in ``<root>/comparison.json`` that ``root`` holds ``case``'s comparison.
+
+    Run names do not carry the case, so a second case in the same folder would redo (and
+    so delete) the first case's runs one by one; it is refused instead.
+
+    Raises:
+        OtherCase: ``root`` holds another case (named, with the way out).
+    """
+    path = Path(root) / CASE_FILE
+    if path.exists():
+        try:
+            held = json.loads(path.read_text()).get("case")
+        except (OSError, ValueError, AttributeError):
+            held = None
+        if held == case.name:
+            return
+        raise OtherCase(f"{root} holds the {held or 'unknown'} case's comparison ({path}); choose another --out "
+                        f"for --case {case.name}")
+    if any((Path(root) / "runs").glob("*/spkmeta_run.json")) and case.name != "ethanol":
+        # runs from before comparison.json existed were all the ethanol case
+        raise OtherCase(f"{root} holds runs of the ethanol case; choose another --out for --case {case.name}")
+    with atomic_path(path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps({"case": case.name}) + "\n")
 
 
 LOCK_FILE = ".spkmeta-experiment.lock"
@@ -79,22 +110,23 @@ def spktrain_executable() -> str:
 class Runner:
     """Trains and evaluates the runs of one comparison under ``root``."""
 
-    def __init__(self, root: Path, preset: Preset, log=print):
+    def __init__(self, root: Path, preset: Preset, log=print, case: Optional[Case] = None):
         self.root = Path(root).absolute()
         self.preset = preset
+        self.case = case or CASES["ethanol"]
         self.log = log
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(parents=True, exist_ok=True)
 
     @cached_property
     def data(self):
-        """The embedded dataset (checked against its manifest once, not per run)."""
-        return ethanol_multilevel()
+        """The case's embedded dataset (checked against its manifest once, not per run)."""
+        return getattr(spk_meta.datasets, self.case.dataset)()
 
     @cached_property
-    def mp2_train_frames(self):
-        """The labelled MP2 training frames in database order; validation rows index them."""
-        return read_labelled(self.data["target_mp2_631gs_train_300K"].db)
+    def target_train_frames(self):
+        """The labelled target training frames in database order; validation rows index them."""
+        return read_labelled(self.data[self.case.target_train].db)
 
     def run_dir(self, name: str) -> Path:
         return self.root / "runs" / name
@@ -167,29 +199,47 @@ class Runner:
             raise RunFailed(f"training run {name} has not finished ({run}): train it first")
         return model, record["best_model_sha256"]
 
+    def pretrain_steps(self, run: PretrainRun) -> int:
+        """Optimiser steps (``trainer.max_steps``) that give ``run`` the comparison's budget:
+        ``pretrain_epochs`` passes' worth of inner steps over the multi-level training
+        frames, for every method (Reptile with large k would otherwise get k batches per
+        outer step however few batches the data has). FOMAML's step counter also counts its
+        one outer step per k inner steps, so it gets (k + 1) / k as many."""
+        inner = self.preset.pretrain_epochs * self.case.pretrain_train_frames // BATCH_SIZE
+        if run.variant.method == "fomaml":
+            return inner * (run.k + 1) // run.k
+        return inner
+
     def pretrain(self, run: PretrainRun) -> Path:
-        """Every k gets the same budget of inner optimiser steps: ``pretrain_epochs`` passes
-        over the three levels' training batches (an epoch of Reptile with large k would
-        otherwise hold k batches per outer step however few batches the data has)."""
-        experiment = "joint_ani" if run.k == 1 else "reptile_ani"
-        steps = self.preset.pretrain_epochs * PRETRAIN_BATCHES_PER_EPOCH
-        overrides = [f"experiment={experiment}", f"model={run.architecture}", f"seed={run.seed}",
-                     f"+trainer.max_steps={steps}", "trainer.max_epochs=-1"]
-        if run.k > 1:
+        """Pre-train ``run`` with its method's experiment on the case's data."""
+        method, case = run.variant.method, self.case
+        experiment = {"joint": "joint_ani", "reptile": "reptile_ani", "multihead": "multihead_ani",
+                      "fomaml": "reptile_ani", "transfer": "transfer_ani"}[method]
+        data = case.transfer_data if method == "transfer" else case.pretrain_data
+        overrides = [f"experiment={experiment}", f"model={run.architecture}", f"data={data}", f"seed={run.seed}",
+                     f"+trainer.max_steps={self.pretrain_steps(run)}", "trainer.max_epochs=-1"]
+        if method == "fomaml":
+            overrides.append("task=fomaml")
+        if method in ("reptile", "fomaml"):
             overrides.append(f"task.inner_steps={run.k}")
         return self._spktrain(run.name, overrides)
 
     def finetune(self, run: FinetuneRun) -> Path:
-        data = [f"data.num_train={run.n}", f"data.num_val={self.preset.num_val}", f"seed={run.seed}",
-                f"trainer.max_epochs={self.preset.finetune_epochs}"]
+        """Train on ``n`` target frames from scratch (``none``) or from the pre-trained
+        model; a multi-head model starts from its head with the lowest loss on the target's
+        training frames (``model.head=best``)."""
+        data = [f"data={self.case.target_data}", f"data.num_train={run.n}", f"data.num_val={self.preset.num_val}",
+                f"seed={run.seed}", f"trainer.max_epochs={self.preset.finetune_epochs}"]
         if run.pretrain is None:
             return self._spktrain(run.name, ["experiment=scratch_ani", f"model={run.architecture}", *data])
         pretrained, digest = self.finished_model(run.pretrain.name)
-        return self._spktrain(run.name, ["experiment=finetune_ani", f"pretrained={pretrained}", *data],
+        head = ["model.head=best"] if run.variant.method == "multihead" else []
+        return self._spktrain(run.name, ["experiment=finetune_ani", f"pretrained={pretrained}", *head, *data],
                               inputs={"pretrained_sha256": digest})
 
     def evaluate(self, run: FinetuneRun) -> Dict:
-        """Errors on the MP2 test files per temperature and on the run's validation split."""
+        """Errors on the target's test files per temperature and on the run's validation
+        split; for a case with scans, each scan's energies and scores."""
         model_path, model_sha = self.finished_model(run.name)
         out = self.run_dir(run.name) / "eval.json"
         if out.exists():
@@ -197,24 +247,37 @@ class Runner:
                 result = json.loads(out.read_text())
             except (OSError, json.JSONDecodeError):
                 result = {}
-            if result.get("best_model_sha256") == model_sha:
+            if result.get("best_model_sha256") == model_sha and result.get("case") == self.case.name:
                 return result
         data = self.data
         model = load_model(model_path)
-        files = {t: data[f"target_mp2_631gs_test_{t}K"].extxyz for t in TEMPERATURES}
+        files = {t: data[key].extxyz for t, key in self.case.tests}
         errors = evaluate(model, list(files.values()))
-        result = {"test": {str(t): errors[str(p)] for t, p in files.items()}, "val": self._validation(run, model),
-                  "best_model_sha256": model_sha}
+        result = {"case": self.case.name, "test": {str(t): errors[str(p)] for t, p in files.items()},
+                  "val": self._validation(run, model), "best_model_sha256": model_sha}
+        if self.case.scans:
+            result["scans"] = self._scans(model)
         with atomic_path(out, overwrite=True) as tmp:
             tmp.write_text(json.dumps(result, indent=1))
         return result
 
+    def _scans(self, model) -> Dict[str, Dict]:
+        """Scores and energies (eV) of ``model`` on the case's labelled scans."""
+        from spk_meta.evaluate.scan_scores import predict_scan, read_scan, score_scan
+
+        out = {}
+        for key in self.case.scans:
+            scan = read_scan(self.data[key].extxyz)
+            energies = predict_scan(model, scan)
+            out[key] = {**score_scan(scan, energies), "energies": [float(e) for e in energies]}
+        return out
+
     def _validation(self, run: FinetuneRun, model) -> Optional[Dict]:
-        """Errors on the fine-tuning run's own validation frames (MP2 training file)."""
-        rows = load_splits(self.run_dir(run.name) / "task_splits.npz")["mp2_6-31gs"].val
+        """Errors on the fine-tuning run's own validation frames (target training file)."""
+        rows = load_splits(self.run_dir(run.name) / "task_splits.npz")[self.case.target_task].val
         if len(rows) == 0:
             return None
-        frames = [self.mp2_train_frames[int(r)] for r in rows]
+        frames = [self.target_train_frames[int(r)] for r in rows]
         energies, forces = predict(model, frames)
         e = error_metrics(energies, [a.get_potential_energy() for a in frames])
         f = error_metrics(np.concatenate(forces), np.concatenate([a.get_forces() for a in frames]))
