@@ -145,3 +145,40 @@ def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
     assert (out / "results.md").read_text() == table
     values = [float(x.split("±")[0]) for x in table.split("|") if "±" in x]
     assert all(np.isfinite(values))
+
+
+def test_scan_table_and_figures_from_evaluations(tmp_path):
+    """Scan scores are averaged over seeds per variant; each scan gets one figure whose
+    curves are the seed means, each shifted to zero mean, with the reference dashed, and
+    only the k chosen on validation among Reptile's."""
+    from types import SimpleNamespace
+
+    from spk_meta.evaluate.scan_scores import SCAN_METRICS
+    from spk_meta.experiment import Variant, write_results
+    from spk_meta.experiment.results import SCAN_COLUMNS, scan_comparison_figure, choose_ks
+
+    assert SCAN_COLUMNS == SCAN_METRICS
+    x = np.linspace(0.8, 2.0, 7)
+    ref = (1 - np.exp(-2 * (x - 1.0))) ** 2
+    scan = SimpleNamespace(coordinate=x, reference=ref, kind="stretch", unit="Ang")
+    evaluated = []
+    for seed in (0, 1):
+        for v, val, shift in [(Variant("none"), 0.9, 0.3), (Variant("reptile", 10), 0.1, 0.1),
+                              (Variant("reptile", 30), 0.2, 0.2)]:
+            ev = fake_eval(val, 0.5)
+            e = ref + shift * x + seed  # a seed-dependent constant must not matter
+            ev["scans"] = {"scan_x": {"aligned_rmse": shift + seed, "roughness_ratio": 1.0, "spurious_barriers": seed,
+                                      "plateau_error": -shift, "energies": list(e)}}
+            evaluated.append((FinetuneRun("ani", v, 25, seed), ev))
+    rows = rows_from_runs(evaluated)
+    paths = write_results(rows, tmp_path, evaluated=evaluated, scans={"scan_x": scan})
+    table = paths["markdown"].read_text()
+    assert "| ani | Reptile k=10 ← k chosen on validation | 25 | scan_x | 0.6000 ± 0.5000 | 1.00 ± 0.00 " \
+           "| 0.50 ± 0.50 | -0.1000 ± 0.0000 |" in table
+    assert paths["scan_x"].read_bytes().startswith(b"\x89PNG")
+    fig = scan_comparison_figure(scan, "scan_x", evaluated, choose_ks(rows))
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert set(lines) == {"none", "Reptile k=10", "reference (MP2)"}
+    assert lines["reference (MP2)"].get_linestyle() == "--"
+    expected = ref + 0.1 * x
+    np.testing.assert_allclose(lines["Reptile k=10"].get_ydata(), expected - expected.mean(), atol=1e-12)

@@ -311,9 +311,10 @@ def test_real_spktrain_run_resumes_from_its_last_checkpoint(tmp_path, cache_root
 
 
 def test_every_method_trains_with_its_experiment_data_and_the_same_inner_step_budget(tmp_path, fake_spktrain):
-    """Budget: 2 epochs over the organic case's 760 training frames = 95 inner steps of 16
-    structures for every method; FOMAML's counter also holds one outer step per k = 3 inner
-    steps (95 * 4 // 3 = 126). Multi-head fine-tuning starts from the best head."""
+    """Budget: 2 passes over the organic case's training batches (160, 160, 200, 240 frames
+    in batches of 16: 10 + 10 + 13 + 15) = 96 inner steps for every method; FOMAML's
+    counter also holds one outer step per k = 3 inner steps (96 * 4 / 3 = 128). Multi-head
+    fine-tuning starts from the best head."""
     from spk_meta.experiment import CASES, Variant
 
     runner = Runner(tmp_path / "exp", Preset(pretrain_epochs=2, num_val=5), log=[].append, case=CASES["organic"])
@@ -325,13 +326,13 @@ def test_every_method_trains_with_its_experiment_data_and_the_same_inner_step_bu
     runner.finetune(FinetuneRun("ani", None, 25, 0))
     argv = {c["id"]: c["argv"] for c in fake_spktrain()}
     expected = {
-        "pre_ani_k1_s0": ["experiment=joint_ani", "data=organic_multilevel", "+trainer.max_steps=95"],
-        "pre_ani_k10_s0": ["experiment=reptile_ani", "data=organic_multilevel", "+trainer.max_steps=95",
+        "pre_ani_k1_s0": ["experiment=joint_ani", "data=organic_multilevel", "+trainer.max_steps=96"],
+        "pre_ani_k10_s0": ["experiment=reptile_ani", "data=organic_multilevel", "+trainer.max_steps=96",
                            "task.inner_steps=10"],
-        "pre_ani_multihead_s0": ["experiment=multihead_ani", "data=organic_multilevel", "+trainer.max_steps=95"],
+        "pre_ani_multihead_s0": ["experiment=multihead_ani", "data=organic_multilevel", "+trainer.max_steps=96"],
         "pre_ani_fomaml_k3_s0": ["experiment=reptile_ani", "task=fomaml", "task.inner_steps=3",
-                                 "data=organic_multilevel", "+trainer.max_steps=126"],
-        "pre_ani_transfer_s0": ["experiment=transfer_ani", "data=organic_hf_def2svp", "+trainer.max_steps=95"],
+                                 "data=organic_multilevel", "+trainer.max_steps=128"],
+        "pre_ani_transfer_s0": ["experiment=transfer_ani", "data=organic_hf_def2svp", "+trainer.max_steps=96"],
     }
     for name, parts in expected.items():
         assert set(parts) <= set(argv[name]), (name, argv[name])
@@ -364,7 +365,7 @@ def test_pretraining_budget_counts_the_cases_training_frames(cache_root, tmp_pat
         dm = TaskDataModule(tasks=OmegaConf.to_container(conf.tasks, resolve=True), batch_size=16,
                             references_file=None, split_file=f"{case.name}_splits.npz", **counts)
         dm.setup("fit")
-        assert len(dm.train_dataset) == case.pretrain_train_frames, case.name
+        assert tuple(len(dm.subsets[t]["train"]) for t in dm.task_names) == case.pretrain_train_frames, case.name
 
 
 def test_an_output_folder_holds_one_case(tmp_path, fake_spktrain, capsys, monkeypatch):

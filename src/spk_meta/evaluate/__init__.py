@@ -12,9 +12,11 @@ from spk_meta.evaluate.predict import (
     predict,
     read_labelled,
 )
+from spk_meta.evaluate.scan_scores import SCAN_METRICS, LabelledScan, predict_scan, read_scan, scan_figure, score_scan
 from spk_meta.evaluate.scans import Scan, bond_scan, bonded_side, dissociation_report, torsion_scan
 
 __all__ = [
+    "SCAN_METRICS", "LabelledScan", "predict_scan", "read_scan", "scan_figure", "score_scan",
     "EnsembleCalculator", "Scan", "bond_scan", "bonded_side", "calculator", "dissociation_report",
     "energy_reference_missing", "error_metrics", "evaluate", "evaluate_frames", "gradient_error",
     "load_model", "md_stability", "predict", "read_labelled", "roughness", "spurious_barriers",

@@ -24,8 +24,8 @@ class Case:
         name: ``ethanol`` or ``organic``.
         dataset: the function in :mod:`spk_meta.datasets` that returns the embedded files.
         pretrain_data: data config of the multi-level pre-training tasks.
-        pretrain_train_frames: training frames over all those tasks (their splits), which
-            sets the inner-step budget of one pre-training "epoch".
+        pretrain_train_frames: training frames of each of those tasks (their splits); one
+            pre-training "epoch" of the budget is one pass over their batches.
         transfer_data: data config of the single dataset the transfer baseline starts from
             (the largest one).
         transfer_label: what the table calls that baseline.
@@ -38,7 +38,7 @@ class Case:
     name: str
     dataset: str
     pretrain_data: str
-    pretrain_train_frames: int
+    pretrain_train_frames: Tuple[int, ...]
     transfer_data: str
     transfer_label: str
     target_data: str
@@ -47,6 +47,11 @@ class Case:
     tests: Tuple[Tuple[int, str], ...]
     scans: Tuple[str, ...] = ()
     target_label: str = "MP2"
+
+    def pretrain_batches_per_epoch(self, batch_size: int) -> int:
+        """Inner steps in one pass over the pre-training tasks (each task's last batch may
+        be short, as the data module serves them)."""
+        return sum(-(-n // batch_size) for n in self.pretrain_train_frames)
 
 
 def _mp2_tests() -> Tuple[Tuple[int, str], ...]:
@@ -57,14 +62,14 @@ CASES: Dict[str, Case] = {
     # the seed paper's first case: one molecule (ethanol) at every level
     "ethanol": Case(
         name="ethanol", dataset="ethanol_multilevel", pretrain_data="ethanol_multilevel",
-        pretrain_train_frames=3 * 160, transfer_data="ethanol_wb97x", transfer_label="transfer (wB97X only)",
+        pretrain_train_frames=(160, 160, 160), transfer_data="ethanol_wb97x", transfer_label="transfer (wB97X only)",
         target_data="ethanol_mp2", target_task="mp2_6-31gs", target_train="target_mp2_631gs_train_300K",
         tests=_mp2_tests(),
     ),
     # many molecules at many levels -> ethylamine, which no pre-training task contains
     "organic": Case(
         name="organic", dataset="organic_multilevel", pretrain_data="organic_multilevel",
-        pretrain_train_frames=160 + 160 + 200 + 240, transfer_data="organic_hf_def2svp",
+        pretrain_train_frames=(160, 160, 200, 240), transfer_data="organic_hf_def2svp",
         transfer_label="transfer (HF carbonyls only)", target_data="ethylamine_mp2", target_task="mp2_6-31gs",
         target_train="target_mp2_631gs_train_300K", tests=_mp2_tests(),
         scans=("scan_mp2_631gs_torsion_CCNH", "scan_mp2_631gs_stretch_NH", "scan_mp2_631gs_stretch_CH"),

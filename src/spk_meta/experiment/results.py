@@ -281,7 +281,7 @@ def _aligned_curves(evaluated: Sequence[tuple], key: str, arch: str, n: int) -> 
     return {v: np.stack(c) for v, c in curves.items()}
 
 
-def scan_figure(scan, key: str, evaluated: Sequence[tuple], chosen: Dict[tuple, int]):
+def scan_comparison_figure(scan, key: str, evaluated: Sequence[tuple], chosen: Dict[tuple, int]):
     """One scan against its reference: one panel per (architecture, N), one line per
     variant (for Reptile and FOMAML only the k chosen on validation) with the mean over
     seeds and a band of ± one std; each curve and the reference (dashed black) are shifted
@@ -336,7 +336,7 @@ def write_results(rows: List[Dict], root: Path, evaluated: Optional[Sequence[tup
         plt = _pyplot()
         chosen = choose_ks(rows)
         for key, scan in scans.items():
-            fig = scan_figure(scan, key, evaluated, chosen)
+            fig = scan_comparison_figure(scan, key, evaluated, chosen)
             path = root / f"{key}.png"
             with atomic_path(path, overwrite=True) as tmp:
                 fig.savefig(tmp, dpi=120)

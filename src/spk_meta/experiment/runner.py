@@ -205,7 +205,7 @@ class Runner:
         frames, for every method (Reptile with large k would otherwise get k batches per
         outer step however few batches the data has). FOMAML's step counter also counts its
         one outer step per k inner steps, so it gets (k + 1) / k as many."""
-        inner = self.preset.pretrain_epochs * self.case.pretrain_train_frames // BATCH_SIZE
+        inner = self.preset.pretrain_epochs * self.case.pretrain_batches_per_epoch(BATCH_SIZE)
         if run.variant.method == "fomaml":
             return inner * (run.k + 1) // run.k
         return inner
