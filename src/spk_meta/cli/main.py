@@ -5,7 +5,7 @@ import os
 import sys
 from typing import List, Optional
 
-from spk_meta.cli import convert, evaluate, experiment, info, predict
+from spk_meta.cli import convert, ensemble, evaluate, experiment, info, predict, select
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_parser(sub)
     predict.add_parser(sub)
     experiment.add_parser(sub)
+    ensemble.add_parser(sub)
+    select.add_parser(sub)
     return parser
 
 

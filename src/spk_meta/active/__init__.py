@@ -1,0 +1,28 @@
+"""Active learning by query-by-committee: ensembles of SchNetPack models and selection.
+
+- :func:`train_ensemble` (``spkmeta ensemble``): M ``spktrain`` runs that differ in seed,
+  recorded in ``ensemble.json`` (:mod:`spk_meta.active.manifest`).
+- :func:`load_ensemble`: the committee: mean energy/forces, ``energy_std``,
+  ``forces_std``, ANI's ``rho``; ``.calculator()`` for ASE.
+- :func:`select` (``spkmeta select``): score a pool of frames by disagreement, streaming,
+  and write the chosen frames as a new task.
+
+User documentation: ``docs/active_learning.md``.
+"""
+
+from spk_meta.active.ensemble import (
+    CommitteeCalculator,
+    CommitteePrediction,
+    Ensemble,
+    ensemble_from_models,
+    load_ensemble,
+)
+from spk_meta.active.manifest import MANIFEST, EnsembleError, Member, read_manifest, write_manifest
+from spk_meta.active.select import Selection, SelectionError, open_pool, score_pool, select
+from spk_meta.active.train import train_ensemble
+
+__all__ = [
+    "MANIFEST", "CommitteeCalculator", "CommitteePrediction", "Ensemble", "EnsembleError", "Member", "Selection",
+    "SelectionError", "ensemble_from_models", "load_ensemble", "open_pool", "read_manifest", "score_pool", "select",
+    "train_ensemble", "write_manifest",
+]

@@ -1,0 +1,145 @@
+"""Train an ensemble: M ``spktrain`` runs of one experiment that differ only in ``seed``.
+
+Member ``i`` runs ``spktrain experiment=EXPERIMENT seed=<base_seed + i> OVERRIDES...
+logger=csv run.path=OUT/members run.id=m<i>`` in the directory the command was started
+in (relative paths in the overrides mean what they mean for ``spktrain``), with its log in
+``OUT/logs/m<i>.log``. Each run carries the record of :mod:`spk_meta.experiment.record`
+(``spkmeta_run.json``): a rerun reuses a finished member only when its overrides (and the
+SHA-256 of a ``pretrained=`` model) are the same, resumes an interrupted one from
+SchNetPack's ``last.ckpt``, and redoes any other. When every member has finished,
+``OUT/ensemble.json`` is written (atomically) with each member's ``best_model``.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence, Union
+
+from spk_meta.active.manifest import EnsembleError, describe_model, write_manifest
+from spk_meta.experiment.record import RunSpec, decide, sha256, write_finished, write_started
+from spk_meta.experiment.runner import RunFailed, output_lock, spktrain_executable
+
+PathLike = Union[str, Path]
+
+#: Overrides the ensemble sets itself, per member.
+RESERVED = ("experiment", "seed", "run.path", "run.id")
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def check_overrides(overrides: Sequence[str]) -> List[str]:
+    """The user's Hydra overrides, checked: ``key=value`` each, none of :data:`RESERVED`.
+
+    Raises:
+        EnsembleError: naming the offending override.
+    """
+    out = []
+    for o in overrides:
+        if "=" not in o:
+            raise EnsembleError(f"override {o!r} is not KEY=VALUE (spktrain overrides follow the experiment)")
+        if _key(o) in RESERVED:
+            raise EnsembleError(f"override {o!r}: {_key(o)} is set by spkmeta ensemble for each member")
+        out.append(o)
+    return out
+
+
+def member_overrides(experiment: str, seed: int, overrides: Sequence[str]) -> List[str]:
+    """The ``spktrain`` overrides that define member runs (without ``run.path``/``run.id``)."""
+    extra = [] if any(_key(o) == "logger" for o in overrides) else ["logger=csv"]
+    return [f"experiment={experiment}", f"seed={seed}", *overrides, *extra]
+
+
+def input_hashes(overrides: Sequence[str]) -> Dict[str, str]:
+    """SHA-256 of a ``pretrained=`` model file, so members are redone when it was retrained."""
+    out = {}
+    for o in overrides:
+        if _key(o) == "pretrained":
+            path = Path(o.split("=", 1)[1]).expanduser()
+            if path.is_file():
+                out["pretrained_sha256"] = sha256(path)
+    return out
+
+
+def _train_member(name: str, root: Path, overrides: List[str], inputs: Dict[str, str], log: Callable) -> Path:
+    """Run (or reuse, resume, redo) member ``name``; returns its ``best_model``.
+
+    Raises:
+        RunFailed: ``spktrain`` failed or wrote no ``best_model`` (names the log).
+    """
+    run = root / "members" / name
+    spec = RunSpec(overrides, inputs)
+    decision = decide(run, spec)
+    if decision.action == "reuse":
+        log(f"{name}: finished with the same settings, reused")
+        return run / "best_model"
+    if decision.action == "redo":
+        log(f"{name}: redoing it: {decision.reason}")
+        shutil.rmtree(run)
+    elif decision.action == "resume":
+        log(f"{name}: {decision.reason}")
+    args = [spktrain_executable(), *overrides, f"run.path={root / 'members'}", f"run.id={name}"]
+    run.mkdir(parents=True, exist_ok=True)
+    started = write_started(run, spec, args, resumed=decision.action == "resume")
+    log_path = root / "logs" / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    cwd = os.getcwd()
+    env = {**os.environ, "PWD": cwd, "TORCHANI_NO_WARN_EXTENSIONS": "1"}
+    log(f"{name}: training ({' '.join(overrides)}); log {log_path}")
+    with open(log_path, "a" if decision.action == "resume" else "w") as fh:
+        fh.write(f"# {decision.action}: " + " ".join(args) + "\n")
+        fh.flush()
+        result = subprocess.run(args, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    if result.returncode != 0 or not (run / "best_model").is_file():
+        what = (f"spktrain exited with status {result.returncode}" if result.returncode
+                else "spktrain exited 0 but wrote no best_model")
+        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-5:]
+        raise RunFailed(f"ensemble member {name} failed: {what}.\n  run directory: {run}\n  log: {log_path}"
+                        + "".join(f"\n    {line}" for line in tail)
+                        + "\n  Rerunning the same command resumes it from its last checkpoint if it has one.")
+    write_finished(run, started, result.returncode)
+    return run / "best_model"
+
+
+def train_ensemble(experiment: str, members: int, out: PathLike, overrides: Sequence[str] = (),
+                   base_seed: int = 0, log: Callable[[str], None] = print, trust: bool = False) -> Path:
+    """Train (or reuse) ``members`` runs of ``experiment`` and write ``out/ensemble.json``.
+
+    Args:
+        experiment: an ``spktrain`` experiment config (``scratch_ani``, ``finetune_ani``, ...).
+        members: M >= 2.
+        out: the ensemble folder (``members/m<i>``, ``logs/``, ``ensemble.json``).
+        overrides: further Hydra overrides, the same for every member.
+        base_seed: member ``i`` trains with ``seed = base_seed + i``.
+        log: where progress lines go.
+        trust: passed to ``load_model`` when the finished models are described.
+
+    Returns:
+        The manifest path.
+
+    Raises:
+        EnsembleError: fewer than 2 members or a bad override (before any training), or
+            members whose models differ in cutoff or elements (after it).
+        RunFailed: a member's ``spktrain`` failed.
+        OutputBusy: another ``spkmeta`` process holds ``out``.
+    """
+    from spk_meta.model.loading import load_model
+
+    if members < 2:
+        raise EnsembleError(f"an ensemble needs at least 2 members, got --members {members}")
+    overrides = check_overrides(overrides)
+    root = Path(out).absolute()
+    if root.exists() and not root.is_dir():
+        raise EnsembleError(f"{root} is a file, not a folder")
+    inputs = input_hashes(overrides)
+    with output_lock(root):
+        described = []
+        for i in range(members):
+            seed = base_seed + i
+            run_overrides = member_overrides(experiment, seed, overrides)
+            model_file = _train_member(f"m{i}", root, run_overrides, inputs, log)
+            described.append(describe_model(load_model(model_file, trust=trust), f"m{i}", model_file, root,
+                                            seed=seed, overrides=run_overrides))
+        return write_manifest(root, described, experiment=experiment, overwrite=True)
