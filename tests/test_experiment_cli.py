@@ -143,8 +143,37 @@ def test_small_comparison_end_to_end_and_resume(tmp_path, cache_root):
     assert "redoing" not in second.stdout and "resuming" not in second.stdout
     assert not any((out / "runs").glob("*/.*.tmp*"))
     assert (out / "results.md").read_text() == table
-    values = [float(x.split("±")[0]) for x in table.split("|") if "±" in x]
-    assert all(np.isfinite(values))
+    assert np.all(np.isfinite(_table_numbers(table))) and len(_table_numbers(table)) == 9 * 4
+
+
+def _table_numbers(table: str):
+    """The error cells (4 per row, after model, pre-training, N, T) of a results table."""
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ani |")]
+    return [float(cell.split("±")[0]) for row in rows for cell in row[4:8]]
+
+
+@pytest.mark.slow
+def test_organic_case_quick_preset_end_to_end(tmp_path, cache_root):
+    """#13: `spkmeta experiment --case organic --preset quick`: every method, fine-tuned to
+    ethylamine at MP2, errors per temperature and scores on the three MP2 scans."""
+    args = ["spkmeta", "experiment", "--case", "organic", "--preset", "quick", "--out", str(tmp_path / "org")]
+    done = run_cli(args, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "org"
+    table = (out / "results.md").read_text()
+    methods = ["none", "k=1 (joint)", "Reptile k=10", "multi-head", "FOMAML k=3", "transfer (one dataset)"]
+    for method in methods:
+        assert table.count(f"| ani | {method}") == 3 + 3, method  # 3 temperatures + 3 scans
+    numbers = _table_numbers(table.split("\n\n")[0])
+    assert len(numbers) == 6 * 3 * 4 and np.all(np.isfinite(numbers))
+    for scan in ("torsion_CCNH", "stretch_NH", "stretch_CH"):
+        assert (out / f"scan_mp2_631gs_{scan}.png").read_bytes().startswith(b"\x89PNG")
+    import csv
+
+    scans = list(csv.DictReader((out / "results_scans_runs.csv").open()))
+    assert len(scans) == 6 * 3
+    assert all(float(r["aligned_rmse"]) > 0 for r in scans)
+    assert all(r["plateau_error"] == "nan" for r in scans if "torsion" in r["scan"])
 
 
 def test_scan_table_and_figures_from_evaluations(tmp_path):
