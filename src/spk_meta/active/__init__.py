@@ -18,7 +18,7 @@ from spk_meta.active.ensemble import (
     load_ensemble,
 )
 from spk_meta.active.manifest import MANIFEST, EnsembleError, Member, read_manifest, write_manifest
-from spk_meta.active.select import Selection, SelectionError, open_pool, score_pool, select
+from spk_meta.active.selection import Selection, SelectionError, open_pool, score_pool, select
 from spk_meta.active.train import train_ensemble
 
 __all__ = [

@@ -48,7 +48,7 @@ def _error(message: str) -> None:
 def run(args) -> int:
     """Exit 0 when written; 2 for bad input (nothing scored); 1 if selection found nothing."""
     from spk_meta.active import EnsembleError, SelectionError, load_ensemble, select
-    from spk_meta.active.select import check_options
+    from spk_meta.active.selection import check_options
 
     try:
         check_options(args.n, args.threshold, args.criterion, args.stratify, args.random_fraction, args.batch_size)
