@@ -26,6 +26,7 @@ from spk_meta.active import (
     read_manifest,
     train_ensemble,
 )
+from spk_meta.active.ensemble import shares_representation
 from spk_meta.active.batch import atoms_batch, block_pairs, neighbor_pairs, vesin_pairs
 from spk_meta.atomistic import ElementwiseAtomwise
 from spk_meta.cli.main import build_parser, main
@@ -51,6 +52,18 @@ def offset_ani(seed: int, **ani) -> NeuralNetworkPotential:
                         Forces()],
         postprocessors=[CastTo64(), AddOffsets("energy", add_mean=True, property_mean=torch.tensor(E_MEAN))],
     )
+
+
+def spk_painn(seed: int) -> NeuralNetworkPotential:
+    """A small untrained SchNetPack PaiNN NNP (learned representation)."""
+    import schnetpack as spk
+
+    torch.manual_seed(seed)
+    rep = spk.representation.PaiNN(n_atom_basis=8, n_interactions=1,
+                                   radial_basis=spk.nn.GaussianRBF(n_rbf=8, cutoff=5.0),
+                                   cutoff_fn=spk.nn.CosineCutoff(5.0))
+    return NeuralNetworkPotential(representation=rep, input_modules=[PairwiseDistances()],
+                                  output_modules=[spk.atomistic.Atomwise(n_in=8, output_key="energy"), Forces()])
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +120,37 @@ def test_committee_statistics_equal_a_hand_computation(ensemble_dir, member_file
         np.testing.assert_allclose(getattr(pred, key), hand[key], rtol=1e-5, atol=2e-5, err_msg=key)
     np.testing.assert_allclose(pred.forces, hand["forces"], atol=2e-5)
     np.testing.assert_allclose(pred.forces_std, hand["forces_std"], atol=2e-5)
-    # energies only (no autograd, response modules dropped): the same energies
-    fast = ens.predict(frames, batch_size=4, forces=False)
-    assert fast.forces is None
-    np.testing.assert_allclose(fast.rho, pred.rho, rtol=1e-6, atol=1e-9)
+    # energies only (no autograd, response modules dropped), the AEVs computed once for
+    # both members or once per member: the same energies
+    assert ens.share_representation
+    for share in (True, False):
+        ens.share_representation = share
+        fast = ens.predict(frames, batch_size=4, forces=False)
+        assert fast.forces is None
+        np.testing.assert_allclose(fast.member_energies, pred.member_energies, rtol=1e-9, atol=1e-6)
+        np.testing.assert_allclose(fast.rho, hand["rho"], rtol=1e-5, atol=2e-5)
+
+
+def test_only_weightless_equal_representations_are_shared():
+    assert shares_representation([offset_ani(0), offset_ani(1)])
+    assert not shares_representation([offset_ani(0), offset_ani(1, radial_cutoff=4.6)])
+    assert shares_representation([offset_ani(0), ani_potential(seed=1)])  # each keeps its own postprocessing
+    assert not shares_representation([spk_painn(0), spk_painn(1)])  # learned representations
+
+
+def test_a_committee_of_painn_models(tmp_path, frames):
+    """Learned representations (computed per member), any element: the same statistics."""
+    files = []
+    for seed in (0, 1):
+        files.append(tmp_path / f"painn{seed}")
+        torch.save(spk_painn(seed), files[-1])
+    ens = load_ensemble(ensemble_from_models(files, tmp_path / "ens"))
+    assert ens.elements is None and ens.cutoff == 5.0 and not ens.share_representation
+    hand = hand_committee(files, frames)
+    for forces in (True, False):
+        pred = ens.predict(frames, forces=forces)
+        np.testing.assert_allclose(pred.rho, hand["rho"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pred.energy, hand["energy"], rtol=1e-6, atol=1e-5)
 
 
 def test_calculator_gives_the_committee_statistics(ensemble_dir, member_files, frames):

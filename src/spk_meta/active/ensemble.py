@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
+from schnetpack.model import NeuralNetworkPotential
 
 from spk_meta.active.batch import FrameBatch, atoms_batch, model_inputs
 from spk_meta.active.manifest import (
@@ -99,6 +100,33 @@ def energy_only(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def _weightless_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two modules are the same computation without weights: same class and
+    settings (``repr``), no parameters, equal buffers."""
+    if type(a) is not type(b) or repr(a) != repr(b):
+        return False
+    if any(True for _ in a.parameters()) or any(True for _ in b.parameters()):
+        return False
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def shares_representation(models: Sequence[torch.nn.Module]) -> bool:
+    """Whether every member computes the same representation from the same inputs: plain
+    ``NeuralNetworkPotential`` s whose input modules and representation have no weights and
+    equal settings (ANI's AEVs: an ANI committee differs only in its element networks).
+    The representation is then computed once per batch for all members."""
+    first = models[0]
+    for m in models:
+        if type(m) is not NeuralNetworkPotential or len(m.input_modules) != len(first.input_modules):
+            return False
+        if not _weightless_equal(m.representation, first.representation):
+            return False
+        if not all(_weightless_equal(a, b) for a, b in zip(m.input_modules, first.input_modules)):
+            return False
+    return True
+
+
 class Ensemble:
     """A committee of M >= 2 SchNetPack models sharing a cutoff and elements.
 
@@ -107,10 +135,14 @@ class Ensemble:
         members: their manifest entries (same order).
         manifest: the manifest file they came from, if any.
         device: where the models run.
+        share_representation: compute a weightless representation (ANI's AEVs) once per
+            batch for all members when predicting energies only (``None``: when
+            :func:`shares_representation` says they are equal).
     """
 
     def __init__(self, models: Sequence[torch.nn.Module], members: Sequence[Member],
-                 manifest: Optional[Path] = None, device: Union[str, torch.device] = "cpu"):
+                 manifest: Optional[Path] = None, device: Union[str, torch.device] = "cpu",
+                 share_representation: Optional[bool] = None):
         if len(models) != len(members):
             raise ValueError(f"{len(models)} models for {len(members)} members")
         self.models = list(models)
@@ -122,6 +154,8 @@ class Ensemble:
         self.elements = members[0].elements
         self.dtype = next(models[0].parameters()).dtype
         self._energy_models: Optional[List[torch.nn.Module]] = None
+        self.share_representation = (shares_representation(self.models) if share_representation is None
+                                     else bool(share_representation))
 
     def __len__(self) -> int:
         return len(self.models)
@@ -148,12 +182,28 @@ class Ensemble:
                 all_forces.append(out["forces"].detach().double().cpu().numpy())
         else:
             with torch.inference_mode():
-                for model in self.energy_models:
-                    out = model(dict(inputs))
-                    energies.append(out["energy"].double().cpu().numpy().reshape(-1))
+                energies = [e.double().cpu().numpy().reshape(-1) for e in self._member_energies(inputs)]
         return CommitteePrediction.from_members(
             batch.n_atoms, np.stack(energies), np.stack(all_forces) if forces else None
         )
+
+    def _member_energies(self, inputs) -> List[torch.Tensor]:
+        """Each member's energies (no derivatives), the shared representation computed once
+        if :attr:`share_representation` (the steps of ``NeuralNetworkPotential.forward``)."""
+        if not self.share_representation:
+            return [model(dict(inputs))["energy"] for model in self.energy_models]
+        first = self.energy_models[0]
+        inputs = dict(inputs)
+        for module in first.input_modules:
+            inputs = module(inputs)
+        inputs = first.representation(inputs)
+        energies = []
+        for model in self.energy_models:
+            out = dict(inputs)  # each member adds its own outputs
+            for module in model.output_modules:
+                out = module(out)
+            energies.append(model.extract_outputs(model.postprocess(out))["energy"])
+        return energies
 
     def predict(self, frames: Sequence[Atoms], batch_size: int = 64, forces: bool = True) -> CommitteePrediction:
         """Committee prediction for ASE ``frames`` (Ang), in batches of ``batch_size``."""
