@@ -12,9 +12,17 @@ then θ is restored and the outer optimiser (Adam with its own learning rate ``o
 takes one step with mean_t(g_t). Unlike Reptile, θ moves along the query gradient at the
 adapted weights rather than towards the adapted weights. ``trainer.global_step`` counts
 k inner steps per task plus one outer step.
+
+Several processes (``trainer=reptile_ddp``, :class:`spk_meta.train.ReptileDDPStrategy`):
+each rank draws its own ``tasks_per_step`` tasks and batches and adapts with its own inner
+optimiser; the ranks' mean query gradients are averaged with one all-reduce, and every
+rank takes the same outer Adam step, so θ and the outer Adam stay identical on all ranks.
+N processes are FOMAML with N × ``tasks_per_step`` tasks per outer step. Checkpoints keep
+every rank's inner optimiser state (it differs per rank, see
+:meth:`ReptileTask.on_save_checkpoint`); Lightning keeps the outer Adam's.
 """
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from lightning_fabric.utilities.apply_func import move_data_to_device
@@ -43,8 +51,6 @@ class FOMAMLTask(ReptileTask):
         self.outer_betas = (float(outer_betas[0]), float(outer_betas[1]))
 
     def setup(self, stage: Optional[str] = None):
-        if self.trainer.world_size > 1:
-            raise NotImplementedError("task=fomaml runs in one process for now (trainer.devices=1)")
         super().setup(stage)
         if stage == "fit":
             # k support batches + 1 query batch per task
@@ -52,6 +58,11 @@ class FOMAMLTask(ReptileTask):
 
     def optimizer_steps_per_outer_step(self) -> int:
         return self.inner_steps * self.tasks_per_step + 1
+
+    def _inner_optimizer(self):
+        """The inner optimiser (``optimizers()`` is ``[inner, outer]``); the outer Adam is the
+        same on every rank and saved by Lightning."""
+        return self.optimizers()[0]
 
     def configure_optimizers(self):
         conf = super().configure_optimizers()
@@ -87,12 +98,26 @@ class FOMAMLTask(ReptileTask):
             losses.append(loss.detach())
             self.log(f"train_loss_{task}", loss.detach(), on_step=True, on_epoch=False)
         with torch.no_grad():
-            for p, t, g in zip(params, theta, grads):
+            for p, t in zip(params, theta):
                 p.copy_(t)
-                p.grad = g / self.tasks_per_step
+            if self.trainer.world_size > 1:
+                grads = self._mean_over_ranks([g / self.tasks_per_step for g in grads])
+                for p, g in zip(params, grads):
+                    p.grad = g
+            else:
+                for p, g in zip(params, grads):
+                    p.grad = g / self.tasks_per_step
         outer.step()
         outer.zero_grad()
         self.outer_step += 1
         loss = torch.stack(losses).mean()
         self.log("train_loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _mean_over_ranks(self, tensors: List[torch.Tensor]) -> List[torch.Tensor]:
+        """Element-wise mean of ``tensors`` over all ranks: one all-reduce of their
+        concatenation (same shapes and order on every rank), split back into their shapes."""
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        parts = torch.split(flat, [t.numel() for t in tensors])
+        return [part.view_as(t) for part, t in zip(parts, tensors)]

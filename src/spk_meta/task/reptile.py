@@ -159,21 +159,25 @@ class ReptileTask(AtomisticTask):
         state = getattr(self, "_rank_state_to_restore", None)
         if state is not None:
             if state.get("optimizer") is not None:
-                self.optimizers().optimizer.load_state_dict(state["optimizer"])
+                self._inner_optimizer().optimizer.load_state_dict(state["optimizer"])
             self.datamodule.load_stream_state(state.get("streams") or {})
             self._rank_state_to_restore = None
+
+    def _inner_optimizer(self):
+        """The (Lightning-wrapped) inner optimiser, whose state differs between ranks."""
+        return self.optimizers()
 
     def _rank_state(self) -> Dict[str, Any]:
         dm = getattr(self.trainer, "datamodule", None)
         return {
             "rng": None if self._rng is None else self._rng.bit_generator.state,
             "streams": dm.stream_state() if isinstance(dm, EpisodicTaskData) else {},
-            "optimizer": self.optimizers().optimizer.state_dict() if self.trainer.world_size > 1 else None,
+            "optimizer": self._inner_optimizer().optimizer.state_dict() if self.trainer.world_size > 1 else None,
         }
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """θ and rank 0's optimiser are saved by Lightning; the sampler RNG, the task
-        streams and (distributed) every rank's optimiser state are saved here, per rank."""
+        streams and (distributed) every rank's inner optimiser state are saved here, per rank."""
         mine = self._rank_state()
         if self.trainer.world_size > 1:
             ranks = [None] * self.trainer.world_size
