@@ -13,7 +13,8 @@ Then, in a fresh child process, :func:`spk_meta.active.select` scores every fram
 (``--criterion``, default rho: energies only) and writes the top ``--select-fraction``
 (default 1 %) as a new store. Printed: the time to score and write, frames/s over the
 whole call, peak RSS (``ru_maxrss``) and the resident memory at the end split into
-anonymous (what the process owns) and file-backed (memory-mapped store pages). The
+anonymous (what the process owns) and file-backed (libraries and memory-mapped store
+pages), and the RSS once torch and the models are loaded, before any frame is read. The
 last line is ``select 1M frames: X frames/s`` (with the actual count for other sizes).
 
 Usage::
@@ -92,13 +93,15 @@ def child(args) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     ensemble = load_ensemble(args.ensemble)
+    loaded = _rss_mb()  # torch, SchNetPack and the models: before any frame is read
     t0 = time.perf_counter()
     result = select(ensemble, args.store, args.out, n=args.n, criterion=args.criterion,
                     batch_size=args.batch_size, overwrite=True, progress=args.progress)
     wall = time.perf_counter() - t0
     print(json.dumps({"frames": result.n_pool, "selected": len(result.source_index), "wall_s": wall,
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "threads": torch.get_num_threads(), **_rss_mb()}))
+                      "threads": torch.get_num_threads(), "loaded_mb": loaded["RssAnon"] + loaded["RssFile"],
+                      **_rss_mb()}))
 
 
 def main() -> None:
@@ -147,8 +150,8 @@ def main() -> None:
     rate = r["frames"] / r["wall_s"]
     print(f"scored {r['frames']} frames ({args.criterion}, 2 ANI members{' (tiny)' if args.tiny else ''}, "
           f"batch {args.batch_size}, {r['threads']} threads) and wrote the top {r['selected']} in {r['wall_s']:.1f} s")
-    print(f"peak RSS {r['peak_rss_mb']:.0f} MB; at the end {r['RssAnon']:.0f} MB anonymous + "
-          f"{r['RssFile']:.0f} MB file-backed")
+    print(f"peak RSS {r['peak_rss_mb']:.0f} MB ({r['loaded_mb']:.0f} MB with torch and the models loaded, "
+          f"before any frame); at the end {r['RssAnon']:.0f} MB anonymous + {r['RssFile']:.0f} MB file-backed")
     size = "1M" if r["frames"] == 1_000_000 else str(r["frames"])
     print(f"select {size} frames: {rate:.0f} frames/s")
 
