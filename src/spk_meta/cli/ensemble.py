@@ -4,7 +4,7 @@ Member ``i`` is ``spktrain experiment=EXPERIMENT seed=<base-seed + i> OVERRIDE..
 ``DIR/members/m<i>`` (log ``DIR/logs/m<i>.log``); when all have finished, ``DIR/ensemble.json``
 lists their ``best_model`` files with SHA-256, seed, overrides, cutoff and elements. A rerun
 reuses members that finished with the same settings, resumes interrupted ones and redoes
-the others. See ``docs/active_learning.md``.
+the others. See docs/active_learning.md.
 """
 
 import sys

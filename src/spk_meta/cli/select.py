@@ -1,9 +1,10 @@
 """``spkmeta select ENSEMBLE --from POOL (--n N | --threshold X) --out OUT``: pick the frames a
 committee disagrees on most and write them as a new task.
 
-POOL is a packed store (``spkmeta convert --format packed``) or a SchNetPack ASE database;
-the selection is written as the same kind (store folder, or ``.db``), atomically, with the
-source indices, criterion and ensemble hash in its metadata. See ``docs/active_learning.md``.
+The pool (``--from``) is a packed store (``spkmeta convert --format packed``) or a
+SchNetPack ASE database; every frame is scored in batches and the selection is written as
+the same kind (store folder, or ``.db``), atomically, with the source indices, criterion and
+ensemble hash in its metadata. See docs/active_learning.md.
 """
 
 import pickle
