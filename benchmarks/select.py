@@ -142,7 +142,8 @@ def main() -> None:
         n = max(1, int(args.frames * args.select_fraction))
         cmd = [sys.executable, __file__, "--child", "--store", str(store), "--ensemble", str(ensemble),
                "--out", str(work / "selected.spkstore"), "--n", str(n), "--batch-size", str(args.batch_size),
-               "--criterion", args.criterion, "--threads", str(args.threads)] + (["--progress"] if args.progress else [])
+               "--criterion", args.criterion, "--threads", str(args.threads)]
+        cmd += ["--progress"] if args.progress else []
         # stdout: the child's JSON; stderr (progress bar, warnings) shown only with --progress
         out = subprocess.run(cmd, check=True, text=True, stdout=subprocess.PIPE,
                              stderr=None if args.progress else subprocess.DEVNULL)

@@ -328,7 +328,8 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
     record = {
         "format": SELECTION_FORMAT, "version": SELECTION_VERSION,
         "source": str(source.absolute()), "source_kind": pool.kind, "labels": labels,
-        "source_index_meaning": ("frame of the source store" if pool.kind == "store" else "row of the source database (ASE id - 1)"),
+        "source_index_meaning": ("frame of the source store" if pool.kind == "store"
+                                 else "row of the source database (ASE id - 1)"),
         "criterion": criterion, "score_unit": CRITERIA[criterion], "n": n, "threshold": threshold,
         "stratify": stratify, "random_fraction": random_fraction, "seed": seed,
         "ensemble": {"manifest": str(ensemble.manifest) if ensemble.manifest else None,
