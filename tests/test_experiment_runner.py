@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import spk_meta.experiment.launch as launch_module
 import spk_meta.experiment.runner as runner_module
 from spk_meta.experiment import FinetuneRun, Preset, PretrainRun, RunFailed, Runner, RunSpec, decide
 from spk_meta.experiment.record import RECORD, read_record, sha256
@@ -206,7 +207,7 @@ def test_ctrl_c_leaves_the_run_to_be_resumed(tmp_path, fake_spktrain, monkeypatc
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner_module.subprocess, "run", interrupted)
+    monkeypatch.setattr(launch_module.subprocess, "run", interrupted)
     assert run(cli_args(tmp_path / "exp", "--methods", "joint")) == 130
     assert "interrupted. Rerun the same command to continue" in capsys.readouterr().err
     assert read_record(tmp_path / "exp" / "runs" / "pre_ani_k1_s0")["status"] == "started"

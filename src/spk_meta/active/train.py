@@ -10,15 +10,13 @@ SchNetPack's ``last.ckpt``, and redoes any other. When every member has finished
 ``OUT/ensemble.json`` is written (atomically) with each member's ``best_model``.
 """
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Union
 
 from spk_meta.active.manifest import EnsembleError, describe_model, write_manifest
-from spk_meta.experiment.record import RunSpec, decide, sha256, write_finished, write_started
-from spk_meta.experiment.runner import RunFailed, output_lock, spktrain_executable
+from spk_meta.experiment.launch import train_recorded
+from spk_meta.experiment.record import RunSpec, sha256
+from spk_meta.experiment.runner import output_lock, spktrain_executable
 
 PathLike = Union[str, Path]
 
@@ -70,36 +68,10 @@ def _train_member(name: str, root: Path, overrides: List[str], inputs: Dict[str,
         RunFailed: ``spktrain`` failed or wrote no ``best_model`` (names the log).
     """
     run = root / "members" / name
-    spec = RunSpec(overrides, inputs)
-    decision = decide(run, spec)
-    if decision.action == "reuse":
-        log(f"{name}: finished with the same settings, reused")
-        return run / "best_model"
-    if decision.action == "redo":
-        log(f"{name}: redoing it: {decision.reason}")
-        shutil.rmtree(run)
-    elif decision.action == "resume":
-        log(f"{name}: {decision.reason}")
-    args = [spktrain_executable(), *overrides, f"run.path={root / 'members'}", f"run.id={name}"]
-    run.mkdir(parents=True, exist_ok=True)
-    started = write_started(run, spec, args, resumed=decision.action == "resume")
     log_path = root / "logs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    cwd = os.getcwd()
-    env = {**os.environ, "PWD": cwd, "TORCHANI_NO_WARN_EXTENSIONS": "1"}
-    log(f"{name}: training ({' '.join(overrides)}); log {log_path}")
-    with open(log_path, "a" if decision.action == "resume" else "w") as fh:
-        fh.write(f"# {decision.action}: " + " ".join(args) + "\n")
-        fh.flush()
-        result = subprocess.run(args, cwd=cwd, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    if result.returncode != 0 or not (run / "best_model").is_file():
-        what = (f"spktrain exited with status {result.returncode}" if result.returncode
-                else "spktrain exited 0 but wrote no best_model")
-        tail = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()][-5:]
-        raise RunFailed(f"ensemble member {name} failed: {what}.\n  run directory: {run}\n  log: {log_path}"
-                        + "".join(f"\n    {line}" for line in tail)
-                        + "\n  Rerunning the same command resumes it from its last checkpoint if it has one.")
-    write_finished(run, started, result.returncode)
+    train_recorded(run, RunSpec(overrides, inputs), spktrain_executable(), log_path, Path.cwd(), log=log,
+                   label="ensemble member", on_reuse=f"{name}: finished with the same settings, reused",
+                   on_start=f"{name}: training ({' '.join(overrides)}); log {log_path}")
     return run / "best_model"
 
 

@@ -78,7 +78,7 @@ def run(args) -> int:
 
 def _compare(name, preset, root, runner, tqdm) -> int:
     """Train, evaluate and tabulate every run of ``preset``; ``RunFailed`` stops at the first failure."""
-    from spk_meta.experiment import expand, markdown, rows_from_runs, summarise, write_results
+    from spk_meta.experiment import expand, rows_from_runs, write_results
 
     pre, ft = expand(preset)
     case = runner.case

@@ -5,7 +5,7 @@ models are differences in their surfaces. Energies come from any ASE calculator.
 """
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 import numpy as np
 from ase import Atoms

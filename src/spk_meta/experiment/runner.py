@@ -11,7 +11,6 @@ import fcntl
 import json
 import os
 import shutil
-import subprocess
 import sys
 from contextlib import contextmanager
 from functools import cached_property
@@ -24,17 +23,14 @@ import spk_meta.datasets
 from spk_meta.data import load_splits
 from spk_meta.evaluate import error_metrics, evaluate, load_model, predict, read_labelled
 from spk_meta.experiment.plan import CASES, Case, FinetuneRun, Preset, PretrainRun
-from spk_meta.experiment.record import FINISHED, RunSpec, decide, read_record, write_finished, write_started
+from spk_meta.experiment.launch import RunFailed, train_recorded
+from spk_meta.experiment.record import FINISHED, RunSpec, read_record
 from spk_meta.utils import atomic_path
 
 #: structures per batch in every shipped data config (the budget counts batches)
 BATCH_SIZE = 16
 #: the file in a comparison folder that says which case it holds
 CASE_FILE = "comparison.json"
-
-
-class RunFailed(RuntimeError):
-    """A training run failed; the message names its run directory and its log."""
 
 
 class OutputBusy(RuntimeError):
@@ -147,41 +143,9 @@ class Runner:
         overrides = [*overrides, "logger=csv", *self.preset.extra]
         # the record holds paths inside root relative to it: a moved output folder is still reused
         spec = RunSpec([o.replace(f"{self.root}{os.sep}", "") for o in overrides], dict(inputs or {}))
-        decision = decide(run, spec)
-        if decision.action == "reuse":
-            return run
-        if decision.action == "redo":
-            self.log(f"{name}: redoing it: {decision.reason}")
-            shutil.rmtree(run)
-        elif decision.action == "resume":
-            self.log(f"{name}: {decision.reason}")
-        args = [spktrain_executable(), *overrides, f"run.path={self.root / 'runs'}", f"run.id={name}"]
-        run.mkdir(parents=True, exist_ok=True)
-        started = write_started(run, spec, args, resumed=decision.action == "resume")
-        log_path = self.root / "logs" / f"{name}.log"
-        env = {**os.environ, "PWD": str(self.root), "TORCHANI_NO_WARN_EXTENSIONS": "1"}
-        # a resumed run appends to the log of its first attempt
-        with open(log_path, "a" if decision.action == "resume" else "w") as fh:
-            fh.write(f"# {decision.action}: " + " ".join(args) + "\n")
-            fh.flush()
-            result = subprocess.run(args, cwd=self.root, env=env, stdout=fh, stderr=subprocess.STDOUT)
-        if result.returncode != 0:
-            raise RunFailed(self._failure(name, f"spktrain exited with status {result.returncode}", log_path))
-        if not (run / "best_model").is_file():
-            raise RunFailed(self._failure(name, "spktrain exited 0 but wrote no best_model", log_path))
-        write_finished(run, started, result.returncode)
+        train_recorded(run, spec, spktrain_executable(), self.root / "logs" / f"{name}.log", self.root,
+                       log=self.log, overrides=overrides)
         return run
-
-    def _failure(self, name: str, what: str, log_path: Path, tail: int = 5) -> str:
-        try:
-            lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-        except OSError:
-            lines = []
-        last = "".join(f"\n    {line}" for line in lines[-tail:])
-        return (f"training run {name} failed: {what}.\n  run directory: {self.run_dir(name)}\n  log: {log_path}"
-                + (f"\n  last lines of the log:{last}" if last else "")
-                + "\n  Rerunning the same command resumes this run from its last checkpoint if it has one, "
-                "else redoes it; delete the run directory to start it over.")
 
     def finished_model(self, name: str) -> Tuple[Path, str]:
         """``best_model`` of the finished run ``name`` and its recorded SHA-256.
