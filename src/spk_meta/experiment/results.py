@@ -130,49 +130,43 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
         tmp.write_text(buf.getvalue())
 
 
-def _cell(s: Dict, metric: str) -> str:
-    """``mean ± std`` over seeds; the bare value when there is one seed (no spread to show)."""
+def _cell(s: Dict, metric: str, digits: int = 4) -> str:
+    """``mean ± std`` over seeds; the bare value when there is one seed (no spread to
+    show); ``–`` where the metric does not apply (NaN)."""
+    if not np.isfinite(s[metric]):
+        return "–"
     if s["seeds"] == 1:
-        return f"{s[metric]:.4f}"
-    return f"{s[metric]:.4f} ± {s[metric + '_std']:.4f}"
+        return f"{s[metric]:.{digits}f}"
+    return f"{s[metric]:.{digits}f} ± {s[metric + '_std']:.{digits}f}"
+
+
+def _table(summary: List[Dict], place: str, columns: Dict[str, tuple]) -> str:
+    """A Markdown table: model, pre-training (k choice marked), N, the ``place`` key (T or
+    scan), then ``columns`` (``{metric: (header, digits)}``)."""
+    heads = {"T": "T (K)", "scan": "scan"}
+    lines = ["| model | pre-training | N | " + heads[place] + " | "
+             + " | ".join(h for h, _ in columns.values()) + " |",
+             "|" + "---|" * (4 + len(columns))]
+    for s in summary:
+        pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
+        cells = [_cell(s, m, digits) for m, (_, digits) in columns.items()]
+        lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s[place]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown(summary: List[Dict]) -> str:
     """The summary as a Markdown table (values are mean ± std over seeds)."""
-    lines = [
-        "| model | pre-training | N | T (K) | energy RMSE (eV) | energy MAE (eV) | force RMSE (eV/Å) | force MAE (eV/Å) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in summary:
-        pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
-        cells = [_cell(s, m) for m in METRICS]
-        lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['T']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def _scan_cell(s: Dict, metric: str) -> str:
-    if not np.isfinite(s[metric]):
-        return "–"
-    digits = 2 if metric in ("roughness_ratio", "spurious_barriers") else 4
-    if s["seeds"] == 1:
-        return f"{s[metric]:.{digits}f}"
-    return f"{s[metric]:.{digits}f} ± {s[metric + '_std']:.{digits}f}"
+    return _table(summary, "T", {"energy_rmse": ("energy RMSE (eV)", 4), "energy_mae": ("energy MAE (eV)", 4),
+                                 "forces_rmse": ("force RMSE (eV/Å)", 4), "forces_mae": ("force MAE (eV/Å)", 4)})
 
 
 def markdown_scans(scan_summary: List[Dict]) -> str:
     """Scan scores as a Markdown table (mean ± std over seeds): the aligned curve RMSE,
     roughness relative to the reference, spurious barriers, dissociation plateau error
     (stretches only)."""
-    lines = [
-        "| model | pre-training | N | scan | curve RMSE, means aligned (eV) | roughness / reference "
-        "| spurious barriers | plateau error (eV) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for s in scan_summary:
-        pre = s["pretraining"] + (" ← k chosen on validation" if s["selected"] else "")
-        cells = [_scan_cell(s, m) for m in SCAN_COLUMNS]
-        lines.append(f"| {s['architecture']} | {pre} | {s['n']} | {s['scan']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _table(scan_summary, "scan", {
+        "aligned_rmse": ("curve RMSE, means aligned (eV)", 4), "roughness_ratio": ("roughness / reference", 2),
+        "spurious_barriers": ("spurious barriers", 2), "plateau_error": ("plateau error (eV)", 4)})
 
 
 def _log_ticks(ax, values) -> None:
