@@ -70,22 +70,34 @@ def _mean_std(values) -> tuple:
     return float(np.mean(v)), (float(np.std(v)) if len(v) > 1 else 0.0)
 
 
-def summarise(rows: List[Dict]) -> List[Dict]:
-    """Mean and std over seeds per (architecture, variant, N, T), plus the k-selected rows."""
+def _summarise(rows: List[Dict], place: str, metrics: Sequence[str], chosen: Dict[tuple, int],
+               place_first: bool) -> List[Dict]:
+    """Mean and std over seeds of ``metrics`` per (architecture, variant, N, ``place``),
+    ``place`` being ``T`` or ``scan``; ``selected`` marks the k in ``chosen``. Sorted by
+    architecture, then variant and N (``place`` last, or first with ``place_first``)."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["architecture"], r["method"], r["k"], r["n"], r["T"])].append(r)
-    chosen = choose_ks(rows)
+        groups[(r["architecture"], r["method"], r["k"], r["n"], r[place])].append(r)
+
+    def order(key):
+        arch, method, k, n, where = key
+        return (arch, where, variant_order(method, k), n) if place_first else (arch, variant_order(method, k), n, where)
+
     out = []
-    for (arch, method, k, n, t), rs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], variant_order(kv[0][1], kv[0][2]), *kv[0][3:])):
+    for key in sorted(groups, key=order):
+        arch, method, k, n, where = key
         entry = {"architecture": arch, "pretraining": variant_label(method, k), "method": method, "k": k, "n": n,
-                 "T": t, "seeds": len(rs),
+                 place: where, "seeds": len(groups[key]),
                  "selected": method in METHODS_WITH_K and chosen.get((arch, n, method)) == k}
-        for m in METRICS:
-            entry[m], entry[m + "_std"] = _mean_std([r[m] for r in rs])
+        for m in metrics:
+            entry[m], entry[m + "_std"] = _mean_std([r[m] for r in groups[key]])
         out.append(entry)
     return out
+
+
+def summarise(rows: List[Dict]) -> List[Dict]:
+    """Mean and std over seeds per (architecture, variant, N, T), plus the k-selected rows."""
+    return _summarise(rows, "T", METRICS, choose_ks(rows), place_first=False)
 
 
 def scan_rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
@@ -103,20 +115,7 @@ def scan_rows_from_runs(evaluated: Sequence[tuple]) -> List[Dict]:
 def summarise_scans(scan_rows: List[Dict], rows: List[Dict]) -> List[Dict]:
     """Mean and std over seeds of each scan score per (architecture, variant, N, scan);
     ``selected`` marks the k chosen on validation (from the error ``rows``)."""
-    groups = defaultdict(list)
-    for r in scan_rows:
-        groups[(r["architecture"], r["method"], r["k"], r["n"], r["scan"])].append(r)
-    chosen = choose_ks(rows)
-    out = []
-    for (arch, method, k, n, scan), rs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], kv[0][4], variant_order(kv[0][1], kv[0][2]), kv[0][3])):
-        entry = {"architecture": arch, "pretraining": variant_label(method, k), "method": method, "k": k, "n": n,
-                 "scan": scan, "seeds": len(rs),
-                 "selected": method in METHODS_WITH_K and chosen.get((arch, n, method)) == k}
-        for m in SCAN_COLUMNS:
-            entry[m], entry[m + "_std"] = _mean_std([r[m] for r in rs])
-        out.append(entry)
-    return out
+    return _summarise(scan_rows, "scan", SCAN_COLUMNS, choose_ks(rows), place_first=True)
 
 
 def _write_csv(path: Path, rows: List[Dict]) -> None:
