@@ -225,7 +225,7 @@ def test_one_comparison_per_output_folder(tmp_path, fake_spktrain, capsys):
             with output_lock(root):
                 pass
         assert run(args) == 1
-        assert f"{root.absolute()} is in use by another spkmeta experiment (pid {os.getpid()}" in capsys.readouterr().err
+        assert f"{root.absolute()} is in use by another spkmeta experiment or ensemble (pid {os.getpid()}" in capsys.readouterr().err
         assert fake_spktrain() == []
     with output_lock(root):  # released when the first holder ended
         assert lock.exists()

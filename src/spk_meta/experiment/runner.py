@@ -89,8 +89,8 @@ def output_lock(root: Path) -> Iterator[Path]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise OutputBusy(f"{root} is in use by another spkmeta experiment (pid {holder}; lock {path}); "
-                             "wait for it to end or choose another --out") from None
+            raise OutputBusy(f"{root} is in use by another spkmeta experiment or ensemble (pid {holder}; "
+                             f"lock {path}); wait for it to end or choose another --out") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield path
