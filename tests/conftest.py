@@ -1,10 +1,11 @@
 """Shared fixtures. Tests use the data shipped inside the installed package only."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import ase.io
 import pytest
@@ -51,6 +52,21 @@ def tiny_db(tmp_path_factory, ethanol) -> Path:
     frames = ase.io.read(ethanol["target_mp2_631gs_train_300K"].extxyz, ":40")
     out = tmp_path_factory.mktemp("tiny") / "tiny.db"
     return write_database(frames, out, "MP2/6-31g*", source="tiny")
+
+
+def install_fake_spktrain(tmp_path: Path, monkeypatch, script: str, module) -> Callable[[], List[dict]]:
+    """Make ``module.spktrain_executable`` start the Python ``script`` (a stand-in for
+    SchNetPack's ``spktrain`` that appends one JSON line per call to
+    ``$FAKE_SPKTRAIN_CALLS``); returns a reader of those calls."""
+    path = tmp_path / "fake_spktrain.py"
+    path.write_text(script)
+    exe = tmp_path / "spktrain"
+    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {path} \"$@\"\n")
+    exe.chmod(0o755)
+    calls = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("FAKE_SPKTRAIN_CALLS", str(calls))
+    monkeypatch.setattr(module, "spktrain_executable", lambda: str(exe))
+    return lambda: [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
 def run_cli(args: List[str], cwd: Path, timeout: float = 600, **env) -> subprocess.CompletedProcess:

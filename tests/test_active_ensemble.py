@@ -5,7 +5,6 @@ spktrain (one slow test trains a real two-member ensemble and selects with it)."
 
 import json
 import os
-import sys
 
 import ase.io
 import numpy as np
@@ -17,7 +16,7 @@ from schnetpack.model import NeuralNetworkPotential
 from schnetpack.transform import AddOffsets, CastTo64
 
 import spk_meta.active.train as train_module
-from conftest import ani_potential, run_cli
+from conftest import ani_potential, install_fake_spktrain, run_cli
 from spk_meta.active import (
     MANIFEST,
     EnsembleError,
@@ -269,16 +268,8 @@ def fake_spktrain(tmp_path, monkeypatch, member_files):
     models.mkdir()
     for seed in range(4):
         (models / f"seed{seed}").write_bytes(member_files[seed % 2].read_bytes())
-    script = tmp_path / "fake_spktrain.py"
-    script.write_text(FAKE_SPKTRAIN)
-    exe = tmp_path / "spktrain"
-    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    exe.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_SPKTRAIN_CALLS", str(calls))
     monkeypatch.setenv("FAKE_MODELS", str(models))
-    monkeypatch.setattr(train_module, "spktrain_executable", lambda: str(exe))
-    return lambda: [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return install_fake_spktrain(tmp_path, monkeypatch, FAKE_SPKTRAIN, train_module)
 
 
 def test_train_ensemble_records_members_and_reuses_them(fake_spktrain, in_tmp):

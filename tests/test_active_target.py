@@ -6,7 +6,6 @@ selected rows (its fitted E0 is that of their MP2 energies)."""
 
 import json
 import os
-import sys
 
 import ase.db
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 from schnetpack import transform as T
 
 import spk_meta.experiment.runner as runner_module
-from conftest import ani_potential
+from conftest import ani_potential, install_fake_spktrain
 from spk_meta.active import read_manifest
 from spk_meta.active import load_ensemble
 from spk_meta.data import (
@@ -110,15 +109,7 @@ shutil.copyfile(args["pretrained"], run / "best_model")
 
 @pytest.fixture
 def fake_spktrain(tmp_path, monkeypatch):
-    script = tmp_path / "fake_spktrain.py"
-    script.write_text(FAKE_SPKTRAIN)
-    exe = tmp_path / "spktrain"
-    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    exe.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_SPKTRAIN_CALLS", str(calls))
-    monkeypatch.setattr(runner_module, "spktrain_executable", lambda: str(exe))
-    return lambda: [json.loads(x) for x in calls.read_text().splitlines()] if calls.exists() else []
+    return install_fake_spktrain(tmp_path, monkeypatch, FAKE_SPKTRAIN, runner_module)
 
 
 def reference_spread(model_files, frames):

@@ -10,7 +10,6 @@ point; one slow test resumes a real ``spktrain`` run.
 
 import json
 import os
-import sys
 from argparse import Namespace
 from pathlib import Path
 
@@ -20,6 +19,8 @@ import spk_meta.experiment.launch as launch_module
 import spk_meta.experiment.runner as runner_module
 from spk_meta.experiment import FinetuneRun, Preset, PretrainRun, RunFailed, Runner, RunSpec, decide
 from spk_meta.experiment.record import RECORD, read_record, sha256
+
+from conftest import install_fake_spktrain
 
 FAKE_SPKTRAIN = r'''
 import json, os, sys
@@ -60,20 +61,8 @@ if die == "no_best_model":
 @pytest.fixture
 def fake_spktrain(tmp_path, monkeypatch):
     """Swap the runner's spktrain for the stand-in; returns a reader of its calls."""
-    script = tmp_path / "fake_spktrain.py"
-    script.write_text(FAKE_SPKTRAIN)
-    exe = tmp_path / "spktrain"
-    exe.write_text(f"#!/bin/sh\nexec {sys.executable} {script} \"$@\"\n")
-    exe.chmod(0o755)
-    calls = tmp_path / "calls.jsonl"
-    monkeypatch.setenv("FAKE_SPKTRAIN_CALLS", str(calls))
     monkeypatch.delenv("FAKE_SPKTRAIN_DIE", raising=False)
-    monkeypatch.setattr(runner_module, "spktrain_executable", lambda: str(exe))
-
-    def read_calls():
-        return [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
-
-    return read_calls
+    return install_fake_spktrain(tmp_path, monkeypatch, FAKE_SPKTRAIN, runner_module)
 
 
 def make_runner(root, messages, **preset):
