@@ -6,11 +6,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from spk_meta.task import FOMAMLTask
-from spk_meta.train import RunCheckpointIO
-from test_reptile import make_dm, manual_loss, outputs, params, record_batches, tiny_model, trainer  # noqa: F401
+from test_reptile import (  # noqa: F401
+    fit_two_processes, make_dm, manual_loss, outputs, params, record_batches, tiny_model, trainer)
 
 
 @pytest.mark.parametrize("tasks_per_step", [1, 2])
@@ -131,18 +130,10 @@ def test_two_process_ddp_resume_equals_uninterrupted(make_dm, tmp_path):
     """Every rank's inner Adam, sampler and batch streams are in the checkpoint, the outer
     Adam too (Lightning's second optimiser state): stop after one epoch, resume, and land
     on the weights of the uninterrupted run."""
-    from spk_meta.train import ReptileDDPStrategy
-
     def run(max_epochs, dirpath, ckpt=None):
         task = FOMAMLTask(tiny_model(), outputs(), optimizer_args={"lr": 1e-2}, inner_steps=2,
                           outer_lr=5e-3, sampling_seed=2)
-        cb = ModelCheckpoint(dirpath=dirpath, save_last=True, save_on_train_epoch_end=True)
-        t = trainer(max_epochs=max_epochs, devices=2, use_distributed_sampler=False,
-                    strategy=ReptileDDPStrategy(start_method="spawn", process_group_backend="gloo"),
-                    enable_checkpointing=True, callbacks=[cb], plugins=[RunCheckpointIO(tmp_path)],
-                    default_root_dir=tmp_path)
-        t.fit(task, datamodule=make_dm(stream_seed=3), ckpt_path=ckpt)
-        return task
+        return fit_two_processes(task, make_dm, max_epochs, dirpath, tmp_path, ckpt)
 
     straight = run(2, tmp_path / "a")
     run(1, tmp_path / "b")

@@ -347,21 +347,26 @@ def test_two_process_ddp_equals_hand_computed_batched_reptile(make_dm):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
 
 
+def fit_two_processes(task, make_dm, max_epochs, dirpath, root, ckpt=None):
+    """Fit ``task`` in 2 CPU processes (gloo, spawn) with a last checkpoint in ``dirpath``
+    after every epoch, resuming from ``ckpt`` if given; returns the task."""
+    from spk_meta.train import ReptileDDPStrategy
+
+    cb = ModelCheckpoint(dirpath=dirpath, save_last=True, save_on_train_epoch_end=True)
+    t = trainer(max_epochs=max_epochs, devices=2, use_distributed_sampler=False,
+                strategy=ReptileDDPStrategy(start_method="spawn", process_group_backend="gloo"),
+                enable_checkpointing=True, callbacks=[cb], plugins=[RunCheckpointIO(root)], default_root_dir=root)
+    t.fit(task, datamodule=make_dm(stream_seed=3), ckpt_path=ckpt)
+    return task
+
+
 @pytest.mark.slow  # three 2-process fits; the DDP update itself is checked by the test above
 def test_two_process_ddp_resume_equals_uninterrupted(make_dm, tmp_path):
     """Every rank's optimiser, sampler and batch streams are in the checkpoint."""
-    from spk_meta.train import ReptileDDPStrategy
-
     def run(max_epochs, dirpath, ckpt=None):
         task = ReptileTask(tiny_model(), outputs(), optimizer_args={"lr": 1e-2}, inner_steps=3,
                            outer_lr=0.5, sampling_seed=2)
-        cb = ModelCheckpoint(dirpath=dirpath, save_last=True, save_on_train_epoch_end=True)
-        t = trainer(max_epochs=max_epochs, devices=2, use_distributed_sampler=False,
-                    strategy=ReptileDDPStrategy(start_method="spawn", process_group_backend="gloo"),
-                    enable_checkpointing=True, callbacks=[cb], plugins=[RunCheckpointIO(tmp_path)],
-                    default_root_dir=tmp_path)
-        t.fit(task, datamodule=make_dm(stream_seed=3), ckpt_path=ckpt)
-        return task
+        return fit_two_processes(task, make_dm, max_epochs, dirpath, tmp_path, ckpt)
 
     straight = run(2, tmp_path / "a")
     run(1, tmp_path / "b")
