@@ -92,12 +92,7 @@ def _compare(name, preset, root, runner, tqdm) -> int:
         runner.finetune(run)
         evaluated.append((run, runner.evaluate(run)))
     rows = rows_from_runs(evaluated)
-    scans = None
-    if case.scans:
-        from spk_meta.evaluate.scan_scores import read_scan
-
-        scans = {key: read_scan(runner.data[key].extxyz) for key in case.scans}
-    paths = write_results(rows, root, evaluated=evaluated, scans=scans)
+    paths = write_results(rows, root, evaluated=evaluated, scans=runner.scans if case.scans else None)
     print(paths["markdown"].read_text())
     print(f"{time.time() - start:.0f} s; " + ", ".join(str(p) for p in paths.values()))
     return 0

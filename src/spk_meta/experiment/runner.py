@@ -225,13 +225,19 @@ class Runner:
             tmp.write_text(json.dumps(result, indent=1))
         return result
 
+    @cached_property
+    def scans(self) -> Dict[str, object]:
+        """The case's labelled reference scans, ``{dataset key: LabelledScan}``, read once."""
+        from spk_meta.evaluate.scan_scores import read_scan
+
+        return {key: read_scan(self.data[key].extxyz) for key in self.case.scans}
+
     def _scans(self, model) -> Dict[str, Dict]:
         """Scores and energies (eV) of ``model`` on the case's labelled scans."""
-        from spk_meta.evaluate.scan_scores import predict_scan, read_scan, score_scan
+        from spk_meta.evaluate.scan_scores import predict_scan, score_scan
 
         out = {}
-        for key in self.case.scans:
-            scan = read_scan(self.data[key].extxyz)
+        for key, scan in self.scans.items():
             energies = predict_scan(model, scan)
             out[key] = {**score_scan(scan, energies), "energies": [float(e) for e in energies]}
         return out
