@@ -50,14 +50,20 @@ def member_overrides(experiment: str, seed: int, overrides: Sequence[str]) -> Li
     return [f"experiment={experiment}", f"seed={seed}", *overrides, *extra]
 
 
+#: overrides naming input files whose content defines a member: key -> record name
+HASHED_INPUTS = {"pretrained": "pretrained_sha256", "data.split_file": "split_file_sha256"}
+
+
 def input_hashes(overrides: Sequence[str]) -> Dict[str, str]:
-    """SHA-256 of a ``pretrained=`` model file, so members are redone when it was retrained."""
+    """SHA-256 of the files members start from: a ``pretrained=`` model and an existing
+    ``data.split_file=`` (a split the data module reuses), so that members are redone when
+    the model was retrained or the split rewritten with other frames under the same name."""
     out = {}
     for o in overrides:
-        if _key(o) == "pretrained":
+        if _key(o) in HASHED_INPUTS:
             path = Path(o.split("=", 1)[1]).expanduser()
             if path.is_file():
-                out["pretrained_sha256"] = sha256(path)
+                out[HASHED_INPUTS[_key(o)]] = sha256(path)
     return out
 
 
