@@ -148,6 +148,21 @@ def test_finetuning_is_redone_when_its_pretraining_was_retrained(tmp_path, fake_
     assert messages[-1].startswith(f"{ft.name}: redoing it: finished with other settings (input pretrained_sha256 ")
 
 
+def test_recorded_paths_are_relative_to_the_folder_and_made_absolute_again(tmp_path):
+    """A run record holds paths inside the comparison folder relative to it (a moved folder
+    is still reused); spktrain gets them absolute under the folder it runs in now."""
+    root = tmp_path / "exp"
+    given = [f"pretrained={root}/runs/pre/best_model", f"data.split_file={root}/active/s.npz", "seed=3",
+             "pretrained_elsewhere=x", "data.split_file=/abs/outside.npz"]
+    recorded = runner_module.recorded_overrides(given, root)
+    assert recorded == ["pretrained=runs/pre/best_model", "data.split_file=active/s.npz", "seed=3",
+                        "pretrained_elsewhere=x", "data.split_file=/abs/outside.npz"]
+    moved = tmp_path / "moved"
+    assert runner_module.absolute_overrides(recorded, moved) == [
+        f"pretrained={moved}/runs/pre/best_model", f"data.split_file={moved}/active/s.npz", "seed=3",
+        "pretrained_elsewhere=x", "data.split_file=/abs/outside.npz"]
+
+
 def test_finetuning_needs_a_finished_pretraining(tmp_path, fake_spktrain, monkeypatch):
     runner = make_runner(tmp_path / "exp", [])
     pretrain_dies(runner, monkeypatch, "after_best_model")

@@ -39,7 +39,6 @@ and its SHA-256 is an input of the run record: a changed selection redoes the ru
 import csv
 import io
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -262,18 +261,6 @@ def write_split(path: Path, task: str, train, val, test, identity, log: Callable
 # -- training and evaluation -----------------------------------------------------------------
 
 
-def _absolute(overrides: Sequence[str], root: Path) -> List[str]:
-    """The recorded overrides with the paths the runner records relative to ``root``
-    (``pretrained=``, ``data.split_file=``) made absolute again, as ``spktrain`` gets them."""
-    out = []
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key in ("pretrained", "data.split_file") and value and not os.path.isabs(value):
-            o = f"{key}={root / value}"
-        out.append(o)
-    return out
-
-
 def finetune_active(runner: Runner, run: ActiveRun, random_spec: Dict, split_file: Path,
                     log: Callable[[str], None] = print) -> Path:
     """Fine-tune ``run`` with the random run's overrides and ``data.split_file=split_file``;
@@ -291,7 +278,7 @@ def finetune_active(runner: Runner, run: ActiveRun, random_spec: Dict, split_fil
     run_dir, log_path = runner.run_dir(run.name), root / "logs" / f"{run.name}.log"
     train_recorded(run_dir, spec, runner_module.spktrain_executable(), log_path, root, log=log,
                    on_start=f"{run.name}: fine-tuning on the committee's structures",
-                   overrides=_absolute(spec.overrides, root))
+                   overrides=runner_module.absolute_overrides(spec.overrides, root))
     reused = f"Reusing the task splits in {split_file}"
     if not log_path.is_file() or reused not in log_path.read_text(errors="replace"):
         raise ActiveTargetError(f"{log_path}: no line '{reused}': {run.name} may not have trained on the "

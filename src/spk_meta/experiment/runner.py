@@ -98,6 +98,28 @@ def output_lock(root: Path) -> Iterator[Path]:
         os.close(fd)  # releases the lock
 
 
+#: overrides whose value is a file path (recorded relative to the comparison folder)
+PATH_KEYS = ("pretrained", "data.split_file")
+
+
+def recorded_overrides(overrides: List[str], root: Path) -> List[str]:
+    """The overrides as a run record holds them: paths inside ``root`` relative to it, so
+    that a moved comparison folder is still reused (:func:`absolute_overrides` undoes it)."""
+    return [o.replace(f"{Path(root)}{os.sep}", "") for o in overrides]
+
+
+def absolute_overrides(overrides: List[str], root: Path) -> List[str]:
+    """Recorded overrides as ``spktrain`` gets them: the relative paths of :data:`PATH_KEYS`
+    made absolute under ``root`` again."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key in PATH_KEYS and value and not os.path.isabs(value):
+            o = f"{key}={Path(root) / value}"
+        out.append(o)
+    return out
+
+
 def spktrain_executable() -> str:
     local = Path(sys.executable).parent / "spktrain"
     return str(local) if local.exists() else (shutil.which("spktrain") or "spktrain")
@@ -141,8 +163,7 @@ class Runner:
         """
         run = self.run_dir(name)
         overrides = [*overrides, "logger=csv", *self.preset.extra]
-        # the record holds paths inside root relative to it: a moved output folder is still reused
-        spec = RunSpec([o.replace(f"{self.root}{os.sep}", "") for o in overrides], dict(inputs or {}))
+        spec = RunSpec(recorded_overrides(overrides, self.root), dict(inputs or {}))
         train_recorded(run, spec, spktrain_executable(), self.root / "logs" / f"{name}.log", self.root,
                        log=self.log, overrides=overrides)
         return run
