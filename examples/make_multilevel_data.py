@@ -71,8 +71,9 @@ from ase.collections import g2
 from ase.formula import Formula
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from ase.units import Bohr, Hartree
 
+from spk_meta.active.label import LabelError, run_single_point
+from spk_meta.active.label import check_level as check_level_of_elements
 from spk_meta.evaluate.scans import bond_scan, bonded_side, torsion_scan
 
 
@@ -232,17 +233,15 @@ def check_molecule(name: str) -> Atoms:
 
 
 def check_level(level: str, molecules: List[Atoms], where: str) -> None:
-    """Build each molecule in PySCF with the basis and parse the method (no SCF)."""
-    from pyscf import dft, gto
+    """The method and the basis of every element (spk_meta.active.label.check_level), then
+    each molecule built in PySCF (closed shell, restricted); no SCF."""
+    from pyscf import gto
 
-    method, sep, basis = level.partition("/")
-    if not sep or not method or not basis:
-        raise InputError(f"{where}: level {level!r} is not METHOD/BASIS")
-    if method.upper() not in ("HF", "MP2"):
-        try:
-            dft.libxc.parse_xc(method)
-        except Exception as err:  # KeyError for unknown names, others for bad expressions
-            raise InputError(f"{where}: PySCF/libxc does not know the functional {method!r} ({err})") from None
+    try:
+        check_level_of_elements(level, {int(z) for atoms in molecules for z in atoms.numbers})
+    except LabelError as err:
+        raise InputError(f"{where}: {err}") from None
+    basis = level.partition("/")[2].strip()
     for atoms in molecules:
         try:
             gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)], basis=basis,
@@ -366,30 +365,10 @@ def sample_job(job) -> List[Atoms]:
 
 
 def pyscf_single_point(atoms, level):
-    """Energy (eV) and forces (eV/Ang) at ``METHOD/BASIS``; ``None`` if the SCF fails."""
-    from pyscf import dft, gto, mp, scf
-
-    method, basis = level.split("/", 1)
-    mol = gto.M(atom=[(s, p) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions)],
-                basis=basis, unit="Angstrom", verbose=0)
-    if method.upper() == "MP2":
-        mf = scf.RHF(mol).run()
-        if not mf.converged:
-            return None
-        post = mp.MP2(mf).run()
-        energy, grad = post.e_tot, post.nuc_grad_method().kernel()
-    else:
-        if method.upper() == "HF":
-            mf = scf.RHF(mol).density_fit()
-        else:
-            mf = dft.RKS(mol).density_fit()
-            mf.xc = method
-            mf.grids.level = 2
-        mf.run()
-        if not mf.converged:
-            return None
-        energy, grad = mf.e_tot, mf.nuc_grad_method().kernel()
-    return energy * Hartree, -np.asarray(grad) * Hartree / Bohr
+    """Energy (eV) and forces ``(n_atoms, 3)`` (eV/Ang) of ``atoms`` (Ang) at ``METHOD/BASIS``;
+    ``None`` if the SCF does not converge; other failures raise (the caller records them).
+    The PySCF code is spk_meta.active.label's (also behind ``spkmeta select --label``)."""
+    return run_single_point(atoms.numbers, atoms.positions, level)
 
 
 def write_atomic(path: Path, frames) -> None:
