@@ -9,6 +9,13 @@ not at all. The output's metadata (``store.json["source"]["selection"]`` or the
 database's ``metadata["selection"]``) records the pool, the criterion and its settings,
 the ensemble manifest's SHA-256 and, per selected frame, its index in the pool's source.
 
+With ``label="METHOD/BASIS"`` the chosen frames are labelled anew with PySCF
+(:mod:`spk_meta.active.label`) and the output holds only those labels: a database at
+that level of theory, or a store with one label set named ``level_slug(METHOD/BASIS)``.
+The level is checked against the pool's elements before any frame is scored; frames whose
+single point fails are dropped and counted; the labels are kept in
+``OUT.labels.partial.jsonl`` until the output is written, so a rerun continues them.
+
 Criteria (scores, higher = more disagreement):
 
 ``rho``
@@ -120,8 +127,10 @@ class Selection:
         n_pool: frames scored.
         scores: ``(n_pool,)`` float32 score of every pool frame (pool order).
         ranking: chosen pool positions (committee and random).
-        source_index: ``(n_selected,)`` the written frames' indices in the source (ascending).
+        source_index: ``(n_written,)`` the written frames' indices in the source (ascending;
+            with ``label``, frames whose single point failed are not written).
         metadata: the selection record written with the output.
+        labels: with ``label``, the new labels of every chosen frame (failed ones NaN).
     """
 
     out: Path
@@ -130,6 +139,7 @@ class Selection:
     ranking: Ranking
     source_index: np.ndarray
     metadata: Dict = field(default_factory=dict)
+    labels: Optional[object] = None  # spk_meta.active.label.Labels of the chosen frames, with label=
 
 
 def check_options(n: Optional[int], threshold: Optional[float], criterion: str, stratify: str,
@@ -224,49 +234,134 @@ def score_pool(ensemble: Ensemble, pool: Pool, criterion: str = "rho", batch_siz
     return scores, groups
 
 
-def _write_store(pool: Pool, frames: np.ndarray, out: Path, record: Dict, overwrite: bool, progress: bool) -> None:
-    from spk_meta.data.store import StoreWriter
+@dataclass
+class NewLabels:
+    """Labels computed for the written frames (``--label``), aligned with them.
+
+    Attributes:
+        level: ``METHOD/BASIS``; code: ``"PySCF <version>"``.
+        energy: ``(n_written,)`` eV; forces: per frame ``(n_atoms, 3)`` eV/Ang.
+    """
+
+    level: str
+    code: str
+    energy: np.ndarray
+    forces: List[np.ndarray]
+
+
+def _write_store(pool: Pool, frames: np.ndarray, out: Path, record: Dict, overwrite: bool, progress: bool,
+                 new: Optional[NewLabels] = None) -> None:
+    """The chosen frames with the pool's label sets, or with only the ``new`` labels."""
+    from spk_meta.data.level_of_theory import level_slug
+    from spk_meta.data.store import LabelSet, StoreWriter
 
     store = pool.store
-    label_sets = [store.label_sets[name] for name in pool.label_sets]
-    energies = {name: store.energy(name) for name in pool.label_sets}
-    forces = {name: store.forces(name) for name in pool.label_sets}
+    if new is None:
+        label_sets = [store.label_sets[name] for name in pool.label_sets]
+        energies = {name: store.energy(name) for name in pool.label_sets}
+        forces = {name: store.forces(name) for name in pool.label_sets}
+
+        def labels_of(k: int, f: int, s: slice) -> Dict:
+            return {name: (float(energies[name][f]), None if forces[name] is None else np.asarray(forces[name][s]))
+                    for name in pool.label_sets}
+    else:
+        slug = level_slug(new.level)
+        label_sets = [LabelSet(slug, new.level, has_forces=True, energy_unit="eV", forces_unit="eV/Ang")]
+
+        def labels_of(k: int, f: int, s: slice) -> Dict:
+            return {slug: (float(new.energy[k]), new.forces[k])}
     source = {"selection": record, "source_store": store.source}
     with StoreWriter(out, label_sets, distance_unit=store.distance_unit, source=source, overwrite=overwrite) as w:
-        for f in tqdm(frames, unit="frame", desc="writing", disable=not progress):
+        for k, f in enumerate(tqdm(frames, unit="frame", desc="writing", disable=not progress)):
             s = store.atoms_slice(int(f))
-            labels = {name: (float(energies[name][f]), None if forces[name] is None else np.asarray(forces[name][s]))
-                      for name in pool.label_sets}
-            w.add_frame(np.asarray(store.numbers_all[s]), np.asarray(store.positions_all[s]), labels,
+            w.add_frame(np.asarray(store.numbers_all[s]), np.asarray(store.positions_all[s]), labels_of(k, f, s),
                         source_index=int(f), cell=np.asarray(store.cell[f]), pbc=np.asarray(store.pbc[f]))
 
 
-def _write_database(pool: Pool, frames: np.ndarray, out: Path, record: Dict, overwrite: bool, progress: bool) -> None:
+def _write_database(pool: Pool, frames: np.ndarray, out: Path, record: Dict, overwrite: bool, progress: bool,
+                    new: Optional[NewLabels] = None) -> None:
+    """The chosen frames with the pool's labels and level, or with only the ``new`` ones."""
     from schnetpack.units import convert_units
 
     from spk_meta.data.level_of_theory import METADATA_KEY, LevelOfTheory
     from spk_meta.data.writer import DatabaseWriter
 
     store = pool.store
-    (name,) = pool.label_sets
-    ls = store.label_sets[name]
-    level = store.source.get("metadata", {}).get(METADATA_KEY)
     factor = float(convert_units(store.distance_unit, "Ang"))  # the writer's databases are in Ang
-    units = {"energy": ls.energy_unit, **({"forces": ls.forces_unit} if ls.has_forces else {})}
-    energy, forces = store.energy(name), store.forces(name)
-    with DatabaseWriter(out, LevelOfTheory.from_metadata(level), source=str(pool.path), has_forces=ls.has_forces,
+    if new is None:
+        (name,) = pool.label_sets
+        ls = store.label_sets[name]
+        level = LevelOfTheory.from_metadata(store.source.get("metadata", {}).get(METADATA_KEY))
+        units = {"energy": ls.energy_unit, **({"forces": ls.forces_unit} if ls.has_forces else {})}
+        has_forces, energy, forces = ls.has_forces, store.energy(name), store.forces(name)
+
+        def labels_of(k: int, f: int, s: slice):
+            return float(energy[f]), None if forces is None else np.asarray(forces[s])
+    else:
+        level = LevelOfTheory.parse(new.level, code=new.code)
+        units, has_forces = {"energy": "eV", "forces": "eV/Ang"}, True
+
+        def labels_of(k: int, f: int, s: slice):
+            return float(new.energy[k]), new.forces[k]
+    with DatabaseWriter(out, level, source=str(pool.path), has_forces=has_forces,
                         units=units, metadata={"selection": record}, overwrite=overwrite) as w:
-        for f in tqdm(frames, unit="frame", desc="writing", disable=not progress):
+        for k, f in enumerate(tqdm(frames, unit="frame", desc="writing", disable=not progress)):
             s = store.atoms_slice(int(f))
-            w.add(np.asarray(store.numbers_all[s]), np.asarray(store.positions_all[s]) * factor, float(energy[f]),
-                  None if forces is None else np.asarray(forces[s]),
+            w.add(np.asarray(store.numbers_all[s]), np.asarray(store.positions_all[s]) * factor, *labels_of(k, f, s),
                   cell=np.asarray(store.cell[f]) * factor, pbc=np.asarray(store.pbc[f]))
+
+
+# -- --label: new labels for the chosen frames ---------------------------------------------------
+
+
+def partial_labels_path(out: Path) -> Path:
+    """Where ``--label`` keeps the labels computed so far: ``OUT.labels.partial.jsonl``."""
+    return out.with_name(out.name + ".labels.partial.jsonl")
+
+
+def check_label(label: str, pool: Pool, out: Path, header: Dict, overwrite: bool) -> None:
+    """Before any frame is scored: PySCF can compute ``label`` for every element of the
+    pool, the pool is molecular, and a partial labelling next to ``out`` is of this one
+    (as far as known before ranking) or ``overwrite``."""
+    from spk_meta.active.label import LabelError, PartialLabels, check_level, code_version
+
+    try:
+        check_level(label, pool.elements())
+        partial = PartialLabels(partial_labels_path(out), {**header, "level": label, "code": code_version()})
+        partial.check(overwrite, ignore=("keys",))
+    except LabelError as err:
+        raise SelectionError(f"--label: {err}") from None
+    pbc = pool.store.pbc if pool.frames is None else pool.store.pbc[pool.frames]
+    if np.asarray(pbc).any():
+        raise SelectionError(f"--label {label}: {pool.path} has periodic frames; PySCF single points here are "
+                             "molecular (no cell)")
+
+
+def label_chosen(pool: Pool, frames: np.ndarray, source_index: np.ndarray, label: str, out: Path, header: Dict,
+                 overwrite: bool, progress: bool):
+    """PySCF labels of the chosen store ``frames`` (keys: their ``source_index``), resumable."""
+    from schnetpack.units import convert_units
+
+    from spk_meta.active.label import LabelError, label_frames
+
+    store = pool.store
+    factor = float(convert_units(store.distance_unit, "Ang"))  # PySCF gets Ang
+    items = []
+    for f in frames:
+        s = store.atoms_slice(int(f))
+        items.append((np.asarray(store.numbers_all[s], dtype=np.int64), np.asarray(store.positions_all[s]) * factor))
+    try:
+        return label_frames(items, label, keys=source_index, partial=partial_labels_path(out), header=header,
+                            overwrite=overwrite, progress=progress)
+    except LabelError as err:
+        raise SelectionError(f"--label: {err}") from None
 
 
 def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike, *, n: Optional[int] = None,
            threshold: Optional[float] = None, criterion: str = "rho", labels: Optional[str] = None,
            stratify: str = "none", random_fraction: float = 0.0, batch_size: int = 256, seed: int = 0,
-           overwrite: bool = False, progress: bool = False, device: str = "cpu", trust: bool = False) -> Selection:
+           label: Optional[str] = None, overwrite: bool = False, progress: bool = False, device: str = "cpu",
+           trust: bool = False) -> Selection:
     """Score the pool ``source`` with the committee ``ensemble`` and write the selection to ``out``.
 
     Args:
@@ -282,11 +377,16 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
         random_fraction: this fraction of the output is drawn uniformly from the frames the
             committee did not pick (``seed``).
         batch_size: frames per model call.
-        overwrite: replace an existing ``out``.
+        label: ``METHOD/BASIS``: label the chosen frames with PySCF single points at this
+            level and write only these labels (eV, eV/Ang); see the module docstring.
+        overwrite: replace an existing ``out`` (and, with ``label``, a partial labelling
+            made for another selection).
 
     Raises:
         SelectionError: bad options, ``n`` larger than the pool, elements the ensemble has
-            no networks for, an existing output: all before any frame is scored.
+            no networks for, an existing output, a level PySCF cannot compute for an
+            element of the pool: all before any frame is scored; with ``label``, every
+            single point failed (nothing written).
         EnsembleError: the ensemble cannot be used (see :func:`load_ensemble`).
     """
     check_options(n, threshold, criterion, stratify, random_fraction, batch_size)
@@ -302,7 +402,11 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
         where = f"{source}" + (f" labelled in '{labels}'" if labels else "")
         raise SelectionError(f"--n {n} is larger than the pool: {len(pool)} frames in {where}")
     check_elements(pool, ensemble)
-    if pool.kind == "db":
+    label_header = {"source": str(source.absolute()), "source_kind": pool.kind, "labels": labels,
+                    "ensemble_sha256": ensemble.manifest_sha256}
+    if label is not None:
+        check_label(label, pool, out, label_header, overwrite)
+    elif pool.kind == "db":
         from spk_meta.data.level_of_theory import METADATA_KEY
 
         if not isinstance(pool.store.source.get("metadata", {}).get(METADATA_KEY), dict):
@@ -340,10 +444,31 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
         "random_source_index": [int(i) for i in (np.asarray(pool.store.source_index[random_frames])
                                                  if pool.kind == "db" else random_frames)],
     }
+    computed, new = None, None
+    if label is not None:
+        computed = label_chosen(pool, frames, source_index, label, out, label_header, overwrite, progress)
+        ok, failed = computed.ok, computed.failed
+        failed_index = [int(i) for i in source_index[failed]]
+        if len(ok) == 0:
+            partial_labels_path(out).unlink(missing_ok=True)  # nothing in it worth resuming
+            raise SelectionError(f"--label {label}: the single points of all {len(frames)} chosen frames failed "
+                                 "(SCF not converged, or an error: see the warnings); nothing written")
+        if len(failed):
+            warnings.warn(f"--label {label}: {len(failed)} of {len(frames)} single points failed; those frames are "
+                          f"dropped (source indices {failed_index[:20]}{' ...' if len(failed) > 20 else ''})",
+                          stacklevel=2)
+        frames, source_index = frames[ok], source_index[ok]
+        new = NewLabels(label, computed.code, computed.energy[ok], [computed.forces[i] for i in ok])
+        record["label"] = {"level": label, "code": computed.code, "units": {"energy": "eV", "forces": "eV/Ang"},
+                           "n_labelled": int(len(ok)), "n_failed": int(len(failed)),
+                           "failed_source_index": failed_index, "seconds": round(computed.seconds, 3),
+                           "n_resumed": int(computed.n_resumed)}
     if pool.kind == "db":
         record["source_rows"] = [int(i) for i in source_index]
-        _write_database(pool, frames, out, record, overwrite, progress)
+        _write_database(pool, frames, out, record, overwrite, progress, new)
     else:
-        _write_store(pool, frames, out, record, overwrite, progress)
+        _write_store(pool, frames, out, record, overwrite, progress, new)
+    if label is not None:
+        partial_labels_path(out).unlink(missing_ok=True)  # the labels are in the output now
     return Selection(out=out, n_pool=len(pool), scores=scores, ranking=ranking, source_index=source_index,
-                     metadata=record)
+                     metadata=record, labels=computed)

@@ -4,7 +4,10 @@ committee disagrees on most and write them as a new task.
 The pool (``--from``) is a packed store (``spkmeta convert --format packed``) or a
 SchNetPack ASE database; every frame is scored in batches and the selection is written as
 the same kind (store folder, or ``.db``), atomically, with the source indices, criterion and
-ensemble hash in its metadata. See docs/active_learning.md.
+ensemble hash in its metadata. With ``--label METHOD/BASIS`` the chosen frames are labelled
+anew with PySCF single points (the ``datagen`` extra) and written with only those labels;
+the level is checked against the pool's elements before anything is scored, and a killed
+labelling continues on a rerun of the same command. See docs/active_learning.md.
 """
 
 import pickle
@@ -35,7 +38,12 @@ def add_parser(sub) -> None:
                    help="fraction of the output drawn uniformly from the frames not picked (default 0)")
     p.add_argument("--batch-size", type=int, default=256, help="frames per model call (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random fraction (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--label", metavar="METHOD/BASIS",
+                   help="label the selected frames with PySCF at this level (HF, MP2 or a libxc functional, e.g. "
+                        "'MP2/6-31g*'; energies eV, forces eV/Ang) and write only these labels; frames whose "
+                        "single point fails are dropped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output (and, with --label, partial labels of another selection)")
     p.add_argument("--device", default="cpu", help="torch device of the models (default cpu)")
     p.add_argument("--trust", action="store_true",
                    help="fully unpickle member models that name code outside SchNetPack's model classes")
@@ -47,7 +55,8 @@ def _error(message: str) -> None:
 
 
 def run(args) -> int:
-    """Exit 0 when written; 2 for bad input (nothing scored); 1 if selection found nothing."""
+    """Exit 0 when written; 2 for bad input (nothing scored); 1 if selection found nothing
+    (or every --label single point failed)."""
     from spk_meta.active import EnsembleError, SelectionError, load_ensemble, select
     from spk_meta.active.selection import check_options
 
@@ -64,11 +73,17 @@ def run(args) -> int:
         result = select(ensemble, args.source, args.out, n=args.n, threshold=args.threshold,
                         criterion=args.criterion, labels=args.labels, stratify=args.stratify,
                         random_fraction=args.random_fraction, batch_size=args.batch_size, seed=args.seed,
-                        overwrite=args.overwrite, progress=True)
+                        label=args.label, overwrite=args.overwrite, progress=True)
     except SelectionError as err:
         _error(str(err))
         return 1 if "nothing written" in str(err) else 2
     md = result.metadata
-    print(f"wrote {md['n_selected']} of {md['n_pool']} frames to {result.out} "
-          f"({md['n_committee']} by {md['criterion']}, {md['n_random']} at random)")
+    how = f"{md['n_committee']} by {md['criterion']}, {md['n_random']} at random"
+    if "label" not in md:
+        print(f"wrote {md['n_selected']} of {md['n_pool']} frames to {result.out} ({how})")
+        return 0
+    lab = md["label"]
+    print(f"wrote {lab['n_labelled']} of {md['n_pool']} frames to {result.out} ({md['n_selected']} chosen: {how}; "
+          f"labelled at {lab['level']} with {lab['code']} in {lab['seconds']:.0f} s, {lab['n_failed']} failed "
+          "and dropped)")
     return 0
