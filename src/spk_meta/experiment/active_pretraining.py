@@ -37,8 +37,6 @@ A rerun reuses every finished member whose overrides and split file (SHA-256) ar
 (:mod:`spk_meta.active.train`), and every ``eval.json`` of an unchanged ensemble.
 """
 
-import csv
-import io
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +49,7 @@ from spk_meta.active.ranking import rank
 from spk_meta.active.selection import CRITERIA, STRATIFY, Pool, check_elements, score_pool
 from spk_meta.experiment.plan import CASES
 from spk_meta.experiment.record import sha256
+from spk_meta.experiment.results import write_csv_and_markdown
 from spk_meta.utils import atomic_path
 
 PathLike = Union[str, Path]
@@ -412,19 +411,6 @@ def learning_curve_figure(summary: List[Dict], path: Path, title: str = "") -> P
     return path
 
 
-def write_results(out: Path, rows: List[Dict], text: str) -> List[Path]:
-    """``results.csv`` (one row per seed, strategy, round, task) and ``results.md``."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    paths = [out / "results.csv", out / "results.md"]
-    for path, content in zip(paths, (buf.getvalue(), text)):
-        with atomic_path(path, overwrite=True) as tmp:
-            tmp.write_text(content)
-    return paths
-
-
 # -- the loop ------------------------------------------------------------------------------------
 
 
@@ -503,7 +489,7 @@ def run_active_pretraining(out: PathLike, settings: LoopSettings = LoopSettings(
                                         evaluate_round(rdir, manifest, pools))
         summary = summarise(rows)
         text = markdown(summary, settings)
-        paths = write_results(out, rows, text)
+        paths = write_csv_and_markdown(out, rows, text)
         if plot:
             paths.append(learning_curve_figure(summary, out / "learning_curve.png",
                                                f"{settings.case}: active vs random pre-training frames"))

@@ -36,8 +36,6 @@ after checking its counts and database fingerprint (:func:`~spk_meta.data.load_o
 and its SHA-256 is an input of the run record: a changed selection redoes the run.
 """
 
-import csv
-import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -54,6 +52,7 @@ from spk_meta.experiment import runner as runner_module
 from spk_meta.experiment.launch import train_recorded
 from spk_meta.experiment.plan import CASES, Case, FinetuneRun, Preset, PretrainRun, Variant
 from spk_meta.experiment.record import RunSpec, read_record, sha256
+from spk_meta.experiment.results import write_csv_and_markdown
 from spk_meta.experiment.runner import Runner, claim_for_case, output_lock
 from spk_meta.utils import atomic_path
 
@@ -350,19 +349,6 @@ def markdown(summary: List[Dict], spread: Dict[str, Tuple[float, float]], k: int
     return "\n".join(lines) + "\n"
 
 
-def write_results(out_dir: Path, rows: List[Dict], text: str) -> List[Path]:
-    """``results.csv`` (one row per selection, seed, T) and ``results.md``, atomically."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    paths = [out_dir / "results.csv", out_dir / "results.md"]
-    for path, content in zip(paths, (buf.getvalue(), text)):
-        with atomic_path(path, overwrite=True) as tmp:
-            tmp.write_text(content)
-    return paths
-
-
 # -- the whole comparison ------------------------------------------------------------------
 
 
@@ -419,7 +405,7 @@ def run_active_target(root: PathLike, k: int, n: int = 25, seeds: Sequence[int] 
         summary = summarise(rows)
         spread_ms = {sel: mean_std(v) for sel, v in spread.items()}
         text = markdown(summary, spread_ms, k, n)
-        paths = write_results(root / ACTIVE_DIR, rows, text)
+        paths = write_csv_and_markdown(root / ACTIVE_DIR, rows, text)
     return ActiveTargetResult(rows, summary, spread_ms, text, selections, paths)
 
 

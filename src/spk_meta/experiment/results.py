@@ -118,7 +118,8 @@ def summarise_scans(scan_rows: List[Dict], rows: List[Dict]) -> List[Dict]:
     return _summarise(scan_rows, "scan", SCAN_COLUMNS, choose_ks(rows), place_first=True)
 
 
-def _write_csv(path: Path, rows: List[Dict]) -> None:
+def write_csv(path: Path, rows: List[Dict]) -> None:
+    """``rows`` (dicts with the same keys) as CSV at ``path``, atomically; nothing if empty."""
     if not rows:
         return
     buf = io.StringIO()
@@ -127,6 +128,15 @@ def _write_csv(path: Path, rows: List[Dict]) -> None:
     writer.writerows(rows)
     with atomic_path(path, overwrite=True) as tmp:
         tmp.write_text(buf.getvalue())
+
+
+def write_csv_and_markdown(out_dir: Path, rows: List[Dict], text: str) -> List[Path]:
+    """``out_dir/results.csv`` (``rows``) and ``out_dir/results.md`` (``text``), atomically."""
+    out_dir = Path(out_dir)
+    write_csv(out_dir / "results.csv", rows)
+    with atomic_path(out_dir / "results.md", overwrite=True) as tmp:
+        tmp.write_text(text)
+    return [out_dir / "results.csv", out_dir / "results.md"]
 
 
 def _cell(s: Dict, metric: str, digits: int = 4) -> str:
@@ -315,15 +325,15 @@ def write_results(rows: List[Dict], root: Path, evaluated: Optional[Sequence[tup
     """
     summary = summarise(rows)
     root = Path(root)
-    _write_csv(root / "results_runs.csv", rows)
-    _write_csv(root / "results.csv", summary)
+    write_csv(root / "results_runs.csv", rows)
+    write_csv(root / "results.csv", summary)
     md = markdown(summary)
     paths = {"runs_csv": root / "results_runs.csv", "csv": root / "results.csv", "markdown": root / "results.md"}
     if scans and evaluated:
         scan_rows = scan_rows_from_runs(evaluated)
         scan_summary = summarise_scans(scan_rows, rows)
-        _write_csv(root / "results_scans_runs.csv", scan_rows)
-        _write_csv(root / "results_scans.csv", scan_summary)
+        write_csv(root / "results_scans_runs.csv", scan_rows)
+        write_csv(root / "results_scans.csv", scan_summary)
         md += "\n\n" + markdown_scans(scan_summary)
         paths.update(scans_csv=root / "results_scans.csv", scans_runs_csv=root / "results_scans_runs.csv")
         plt = _pyplot()
