@@ -16,9 +16,12 @@ task, active vs random, mean ± std over seeds). Rerunning the same command reus
 finished training. See :mod:`spk_meta.experiment.active_pretraining` for the details and
 ``docs/active_learning.md`` for the tools it is built from.
 
-    python examples/active_pretraining.py OUT --case organic --seeds 0 1 2
+    python examples/active_pretraining.py OUT --seeds 0 1 2                            # joint committees
+    python examples/active_pretraining.py OUT2 --seeds 0 1 2 --experiment reptile_ani  # Reptile ones
 
-(the README's figure; about 25 minutes on 2 CPU cores). A quick look, a few minutes:
+(the README's table and figure: the defaults are its settings, organic case, 3 members,
+16 + 3 x 16 frames per task, 1 000 steps; about 40 minutes each on 2 CPU cores). A quick
+look, a few minutes:
 
     python examples/active_pretraining.py OUT --members 2 --rounds 1 --steps 200 --seeds 0
 """

@@ -17,7 +17,7 @@ import torch
 
 from conftest import ani_potential, install_fake_spktrain
 from spk_meta.active import train as train_module
-from spk_meta.active import train_ensemble
+from spk_meta.active import EnsembleError, train_ensemble
 from spk_meta.data.splits import load_splits
 from spk_meta.evaluate import predict, read_labelled
 from spk_meta.experiment import active_pretraining as ap
@@ -34,6 +34,8 @@ run.mkdir(parents=True, exist_ok=True)
 with open(os.environ["FAKE_SPKTRAIN_CALLS"], "a") as fh:
     fh.write(json.dumps({"id": args["run.id"], "argv": sys.argv[1:]}) + "\n")
 shutil.copy(Path(os.environ["FAKE_MODELS"]) / f"seed{args['seed']}", run / "best_model")
+if "data.split_file" in args and not os.environ.get("FAKE_DRAWS_OWN_SPLIT"):
+    print(f"[INFO] - Reusing the task splits in {args['data.split_file']}")  # as the data module logs it
 '''
 
 SETTINGS = ap.LoopSettings(case="ethanol", members=2, rounds=2, n_start=5, n_add=3, n_val=4, n_test=6, steps=7)
@@ -123,12 +125,23 @@ def test_bad_settings_fail_before_any_training(fake_spktrain, tmp_path):
         ap.run_active_pretraining(tmp_path / "c", ap.LoopSettings(case="ethanol", criterion="energy"))
     with pytest.raises(ap.ActivePretrainingError, match="strategies"):
         ap.run_active_pretraining(tmp_path / "d", ap.LoopSettings(case="ethanol"), strategies=["greedy"])
+    for override in ("data.num_train=50", "+trainer.max_steps=5", "data=ethanol_multilevel"):
+        with pytest.raises(ap.ActivePretrainingError, match=f"the loop sets {override.split('=')[0].lstrip('+')}"):
+            ap.run_active_pretraining(tmp_path / "f", ap.LoopSettings(case="ethanol", overrides=(override,)))
     assert calls() == []
     # a folder that holds a loop with other settings is refused, naming what differs
     ap.claim_settings(tmp_path / "e", SETTINGS)
     with pytest.raises(ap.ActivePretrainingError, match=r"other settings \(n_add differ"):
         ap.run_active_pretraining(tmp_path / "e", ap.LoopSettings(**{**SETTINGS.to_json(), "n_add": 4}))
     assert calls() == []
+
+
+def test_a_member_that_drew_its_own_split_is_an_error(fake_spktrain, tmp_path, monkeypatch):
+    """Without the data module's 'Reusing the task splits in <file>' in a member's log, the
+    member may have trained on the fixed test frames: the loop stops and names the log."""
+    monkeypatch.setenv("FAKE_DRAWS_OWN_SPLIT", "1")
+    with pytest.raises(ap.ActivePretrainingError, match=r"m0.log: no line 'Reusing the task splits in .*r0/task_splits"):
+        ap.run_active_pretraining(tmp_path / "loop", SETTINGS, seeds=[0])
 
 
 def test_a_rewritten_split_file_redoes_the_members(fake_spktrain, tmp_path, monkeypatch):
@@ -143,6 +156,10 @@ def test_a_rewritten_split_file_redoes_the_members(fake_spktrain, tmp_path, monk
     assert len(calls()) == 2
     split.write_bytes(b"second")
     train_ensemble("reptile_ani", 2, "ens", [f"data.split_file={split}"])
+    assert len(calls()) == 4
+    # an absolute split that does not exist yet would be hashed only after the first member
+    with pytest.raises(EnsembleError, match="does not exist. Members share an absolute split file only if"):
+        train_ensemble("reptile_ani", 2, "ens2", [f"data.split_file={tmp_path / 'missing.npz'}"])
     assert len(calls()) == 4
 
 

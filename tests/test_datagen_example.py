@@ -145,7 +145,8 @@ def test_multi_molecule_job_splits_interleaves_and_ramps(gen, tmp_path, monkeypa
     assert entry["file"] == "mix.extxyz" and entry["complete"] and manifest["complete"]
     assert entry["frames_per_molecule"] == {"H2O": 3, "CH4": 2} and entry["md_seed"] == [3, 1003]
     assert entry["frames"] == 4 and entry["dropped_unconverged"] == 1  # the 2nd single point "failed"
-    assert entry["timing"]["label_wall_s"] >= 0 and entry["timing"]["sample_wall_s"] > 0
+    # rounded to 0.1 s: a few MD steps of water on a quiet machine can round to 0.0
+    assert entry["timing"]["label_wall_s"] >= 0 and entry["timing"]["sample_wall_s"] >= 0
     assert manifest["run"]["cpu_count"] == os.cpu_count() and manifest["run"]["versions"]["pyscf"]
     frames = ase.io.read(tmp_path / "mix.extxyz", ":")
     # frame i is molecule i % 2; the dropped one was index 1 (CH4)

@@ -29,7 +29,9 @@ def _key(override: str) -> str:
 
 
 def check_overrides(overrides: Sequence[str]) -> List[str]:
-    """The user's Hydra overrides, checked: ``key=value`` each, none of :data:`RESERVED`.
+    """The user's Hydra overrides, checked: ``key=value`` each, none of :data:`RESERVED`,
+    and an absolute ``data.split_file`` must exist (its SHA-256 is part of every member's
+    record, so it cannot be drawn by the first member and hashed only from then on).
 
     Raises:
         EnsembleError: naming the offending override.
@@ -40,6 +42,13 @@ def check_overrides(overrides: Sequence[str]) -> List[str]:
             raise EnsembleError(f"override {o!r} is not KEY=VALUE (spktrain overrides follow the experiment)")
         if _key(o) in RESERVED:
             raise EnsembleError(f"override {o!r}: {_key(o)} is set by spkmeta ensemble for each member")
+        if _key(o) == "data.split_file":
+            path = Path(o.split("=", 1)[1]).expanduser()
+            if path.is_absolute() and not path.is_file():
+                raise EnsembleError(
+                    f"override {o!r}: {path} does not exist. Members share an absolute split file only if it "
+                    "exists before they train (write one with spk_meta.data.save_splits); a relative name is "
+                    "each member's own split in its run directory")
         out.append(o)
     return out
 
@@ -62,6 +71,8 @@ def input_hashes(overrides: Sequence[str]) -> Dict[str, str]:
     for o in overrides:
         if _key(o) in HASHED_INPUTS:
             path = Path(o.split("=", 1)[1]).expanduser()
+            if _key(o) == "data.split_file" and not path.is_absolute():
+                continue  # each member's own file in its run directory (see check_overrides)
             if path.is_file():
                 out[HASHED_INPUTS[_key(o)]] = sha256(path)
     return out

@@ -56,6 +56,9 @@ PathLike = Union[str, Path]
 
 STRATEGIES = ("active", "random")
 SETTINGS_FILE = "settings.json"
+#: overrides the loop sets for every member (a user override would silently replace them)
+LOOP_KEYS = ("data", "data.split_file", "data.num_train", "data.num_val", "data.num_test", "trainer.max_steps",
+             "trainer.max_epochs")
 
 
 class ActivePretrainingError(ValueError):
@@ -86,12 +89,12 @@ class LoopSettings:
     case: str = "organic"
     members: int = 3
     rounds: int = 3
-    n_start: int = 20
-    n_add: int = 20
+    n_start: int = 16
+    n_add: int = 16
     n_val: int = 20
     n_test: int = 20
-    steps: int = 400
-    experiment: str = "reptile_ani"
+    steps: int = 1000
+    experiment: str = "joint_ani"
     overrides: Tuple[str, ...] = ()
     criterion: str = "force_spread"
     stratify: str = "none"
@@ -107,8 +110,14 @@ class LoopSettings:
         if self.members < 2:
             raise ActivePretrainingError(f"--members must be >= 2 (a committee), got {self.members}")
         for name in ("rounds", "n_add", "n_val", "n_test"):
-            if getattr(self, name) < (1 if name != "rounds" else 0):
-                raise ActivePretrainingError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+            least = 0 if name == "rounds" else 1
+            if getattr(self, name) < least:
+                raise ActivePretrainingError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
+        for o in self.overrides:
+            key = o.split("=", 1)[0].lstrip("+~")
+            if key in LOOP_KEYS:
+                raise ActivePretrainingError(f"override {o!r}: the loop sets {key} for every member "
+                                             "(its split file, counts and step budget)")
         if self.n_start < 1 or self.steps < 1:
             raise ActivePretrainingError(f"--n-start and --steps must be >= 1, got {self.n_start}, {self.steps}")
         if self.criterion not in CRITERIA:
@@ -235,8 +244,25 @@ def train_round(round_dir: Path, settings: LoopSettings, pools: Sequence[TaskPoo
     n_train = {len(v) for v in train.values()}
     if len(n_train) != 1:
         raise ActivePretrainingError(f"{round_dir}: tasks have different training counts {sorted(n_train)}")
-    return train_ensemble(settings.experiment, settings.members, round_dir / "ensemble",
-                          member_overrides(settings, split, n_train.pop()), base_seed=100 * seed, log=log)
+    manifest = train_ensemble(settings.experiment, settings.members, round_dir / "ensemble",
+                              member_overrides(settings, split, n_train.pop()), base_seed=100 * seed, log=log)
+    check_split_reused(round_dir / "ensemble", settings.members, split)
+    return manifest
+
+
+def check_split_reused(ensemble_dir: Path, members: int, split: Path) -> None:
+    """Every member's log must say that its data module reused ``split`` (else it drew its
+    own split and may have trained on the fixed test frames).
+
+    Raises:
+        ActivePretrainingError: naming the log.
+    """
+    line = f"Reusing the task splits in {split}"
+    for i in range(members):
+        log_path = ensemble_dir / "logs" / f"m{i}.log"
+        if not log_path.is_file() or line not in log_path.read_text(errors="replace"):
+            raise ActivePretrainingError(f"{log_path}: no line '{line}': member m{i} may not have trained on the "
+                                         f"loop's frames; delete {ensemble_dir} and rerun")
 
 
 def force_rmse(pred: np.ndarray, ref: np.ndarray) -> float:
