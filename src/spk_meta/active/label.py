@@ -12,6 +12,7 @@ grid level 2). Closed-shell molecules only (no periodic cells): a frame with an 
 of electrons fails and is reported as failed. Needs the ``datagen`` extra (PySCF).
 """
 
+import hashlib
 import json
 import os
 import tempfile
@@ -172,13 +173,14 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 class PartialLabels:
     """``PATH``: one JSON header line, then one line per labelled frame,
-    ``{"key", "energy", "forces", "wall_s"}`` or ``{"key", "failed": true, "wall_s"}``
-    (eV, eV/Ang, exact float round trip). A torn last line (a killed write) is dropped.
+    ``{"key", "geometry", "energy", "forces", "wall_s"}`` or ``{"key", "geometry", "failed":
+    true, "wall_s"}`` (eV, eV/Ang, exact float round trip; ``geometry``:
+    :func:`geometry_hash`). A torn last line (a killed write) is dropped.
 
     Args:
         path: the JSONL file.
-        header: what the labels are of (level, code, source, keys, ...); a file with
-            another header is another labelling.
+        header: what the labels are (level, code); a file with another header is
+            another labelling.
     """
 
     def __init__(self, path: PathLike, header: Dict):
@@ -277,6 +279,14 @@ class Labels:
         return np.flatnonzero(np.isfinite(self.energy))
 
 
+def geometry_hash(numbers: np.ndarray, positions_ang: np.ndarray) -> str:
+    """SHA-256 (hex, 16 characters) of a frame's atomic numbers and exact float64 positions
+    (Ang): a saved label is reused only for the very geometry it was computed for."""
+    h = hashlib.sha256(np.ascontiguousarray(numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(positions_ang, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def label_frames(frames: Sequence[Tuple[np.ndarray, np.ndarray]], level: str, *,
                  keys: Optional[Sequence[int]] = None, partial: Optional[PathLike] = None,
                  header: Optional[Dict] = None, overwrite: bool = False, progress: bool = False) -> Labels:
@@ -286,8 +296,10 @@ def label_frames(frames: Sequence[Tuple[np.ndarray, np.ndarray]], level: str, *,
         keys: an integer per frame naming it in the partial file (default 0..n-1; e.g.
             the frames' source indices).
         partial: append every result to this JSONL file (see :class:`PartialLabels`);
-            a rerun with the same header (``header`` + level, code, keys) continues it.
-        header: what else identifies this labelling (source, ensemble hash, ...).
+            a rerun with the same header (``header`` + level, code) reuses every saved
+            label whose key and geometry (:func:`geometry_hash`) are those of a frame
+            asked for, and computes the others.
+        header: what else identifies this labelling.
         overwrite: start again when ``partial`` was made for another labelling
             (otherwise LabelError).
         progress: show a progress bar.
@@ -300,19 +312,22 @@ def label_frames(frames: Sequence[Tuple[np.ndarray, np.ndarray]], level: str, *,
     code = code_version()
     store = None
     if partial is not None:
-        store = PartialLabels(partial, {**(header or {}), "level": level, "code": code, "keys": keys})
+        store = PartialLabels(partial, {**(header or {}), "level": level, "code": code})
         store.open(overwrite)
-    records = dict(store.records) if store else {}
-    n_resumed = sum(k in records for k in keys)
-    n_failed = sum(bool(records[k].get("failed")) for k in keys if k in records)
+    geometry = [geometry_hash(numbers, positions) for numbers, positions in frames]
+    saved = store.records if store else {}
+    # a saved label is reused only for the same key AND the same atoms and positions
+    records = {k: saved[k] for k, g in zip(keys, geometry) if k in saved and saved[k].get("geometry") == g}
+    n_resumed = len(records)
+    n_failed = sum(bool(r.get("failed")) for r in records.values())
     with tqdm(total=len(frames), initial=n_resumed, unit="frame", desc=f"labelling {level}",
               disable=not progress) as bar:
-        for key, (numbers, positions) in zip(keys, frames):
+        for key, g, (numbers, positions) in zip(keys, geometry, frames):
             if key in records:
                 continue
             t0 = time.time()
             result = single_point(numbers, positions, level)
-            record = {"key": key, "wall_s": time.time() - t0}
+            record = {"key": key, "geometry": g, "wall_s": time.time() - t0}
             if result is None or not (np.isfinite(result[0]) and np.isfinite(result[1]).all()):
                 record["failed"] = True
                 n_failed += 1

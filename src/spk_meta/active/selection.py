@@ -328,7 +328,7 @@ def check_label(label: str, pool: Pool, out: Path, header: Dict, overwrite: bool
     try:
         check_level(label, pool.elements())
         partial = PartialLabels(partial_labels_path(out), {**header, "level": label, "code": code_version()})
-        partial.check(overwrite, ignore=("keys",))
+        partial.check(overwrite)
     except LabelError as err:
         raise SelectionError(f"--label: {err}") from None
     pbc = pool.store.pbc if pool.frames is None else pool.store.pbc[pool.frames]
@@ -402,8 +402,9 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
         where = f"{source}" + (f" labelled in '{labels}'" if labels else "")
         raise SelectionError(f"--n {n} is larger than the pool: {len(pool)} frames in {where}")
     check_elements(pool, ensemble)
-    label_header = {"source": str(source.absolute()), "source_kind": pool.kind, "labels": labels,
-                    "ensemble_sha256": ensemble.manifest_sha256}
+    # the partial labels are of geometries at a level (each record carries its geometry's
+    # hash): which pool or committee chose them does not change them
+    label_header = {}
     if label is not None:
         check_label(label, pool, out, label_header, overwrite)
     elif pool.kind == "db":
