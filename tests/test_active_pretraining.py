@@ -54,6 +54,24 @@ def fake_spktrain(tmp_path, monkeypatch):
     return models, calls
 
 
+@pytest.fixture
+def gapped_tasks(tmp_path, monkeypatch, ethanol):
+    """The loop's tasks as two 40-frame ethanol databases with rows 3 and 10 deleted, so a
+    task's database rows (what split files hold) are not its frame positions."""
+    import ase.io
+    from ase.db import connect
+
+    from spk_meta.data import write_database
+
+    tasks = {}
+    for name, key in (("wb97x_6-31gs", "pretrain_wb97x_631gs_300K"), ("b3lyp_def2-svp", "pretrain_b3lyp_def2svp_600K")):
+        db = write_database(ase.io.read(ethanol[key].extxyz, ":40"), tmp_path / f"{name}.db", name.upper())
+        connect(db).delete([4, 11])
+        tasks[name] = str(db)
+    monkeypatch.setattr(ap, "data_config_tasks", lambda config: tasks)
+    return tasks
+
+
 def committee_spread(models, frames):
     """Largest per-atom force spread (sample std over members, eV/Ang) of each frame, by hand."""
     forces = np.stack([np.concatenate(predict(m, frames)[1]) for m in models])  # (M, n_atoms, 3)
@@ -62,7 +80,7 @@ def committee_spread(models, frames):
     return np.array([per_atom[a:b].max() for a, b in zip(bounds[:-1], bounds[1:])])
 
 
-def test_loop_splits_selections_and_errors_match_a_hand_computation(fake_spktrain, tmp_path):
+def test_loop_splits_selections_and_errors_match_a_hand_computation(fake_spktrain, gapped_tasks, tmp_path):
     models_dir, calls = fake_spktrain
     out = tmp_path / "loop"
     log = []
@@ -75,6 +93,7 @@ def test_loop_splits_selections_and_errors_match_a_hand_computation(fake_spktrai
     for p in pools:
         frames = read_labelled(p.data.path)
         rows = np.asarray(p.data.db_index)
+        assert len(frames) == 38 and 3 not in rows and rows[-1] == 39  # rows are not positions
         fixed_val, fixed_test = first[p.name].val, first[p.name].test
         assert len(fixed_val) == 4 and len(fixed_test) == 6 and len(first[p.name].train) == 5
         for strategy in ap.STRATEGIES:
