@@ -7,6 +7,7 @@ member's forces through ``spk_meta.evaluate.predict``. The slow test runs real t
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,6 +133,12 @@ def test_loop_splits_selections_and_errors_match_a_hand_computation(fake_spktrai
     # a rerun trains nothing and gives the same table
     again = ap.run_active_pretraining(out, SETTINGS, seeds=[0], log=log.append, plot=False)
     assert len(calls()) == 10 and again.markdown == result.markdown
+    # the tables cover every finished seed in the folder, not only the command's
+    (out / "s1").mkdir()  # an unfinished seed is left out
+    shutil.copytree(out / "s0", out / "s7")
+    both = ap.run_active_pretraining(out, SETTINGS, seeds=[0], log=log.append, plot=False)
+    assert len(calls()) == 10 and sorted({r["seed"] for r in both.rows}) == [0, 7]
+    assert "mean ± std over 2 seeds" in both.markdown
 
 
 def test_bad_settings_fail_before_any_training(fake_spktrain, tmp_path):

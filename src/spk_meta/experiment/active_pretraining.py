@@ -451,6 +451,32 @@ class LoopResult:
     paths: List[Path] = field(default_factory=list)
 
 
+def finished_rows(out: Path, settings: LoopSettings, strategies: Sequence[str]) -> List[Dict]:
+    """:func:`result_rows` of every seed in ``out`` whose loop has finished for every one of
+    ``strategies`` (an ``eval.json`` of the ensemble there now, for every round): the tables
+    cover seeds run by earlier commands too (``settings.json`` makes them the same loop)."""
+    rows = []
+    for seed_dir in sorted(out.glob("s*"), key=lambda d: (len(d.name), d.name)):
+        if not seed_dir.is_dir() or not seed_dir.name[1:].isdigit():
+            continue
+        seed = int(seed_dir.name[1:])
+        rounds = [(strategy, r, seed_dir / strategy / f"r{r}" if r else seed_dir / "r0")
+                  for strategy in strategies for r in range(settings.rounds + 1)]
+        found = []
+        for strategy, r, rdir in rounds:
+            try:
+                cached = json.loads((rdir / "eval.json").read_text())
+                current = cached.get("ensemble_sha256") == sha256(rdir / "ensemble" / "ensemble.json")
+            except (OSError, ValueError):
+                current = False
+            if not current:
+                break
+            found += result_rows(seed, strategy, r, settings.frames_per_task(r), cached["tasks"])
+        else:
+            rows += found
+    return rows
+
+
 def claim_settings(out: Path, settings: LoopSettings) -> None:
     """Write ``settings.json``, or refuse a folder that holds a loop with other settings
     (its rounds would be mixed into one table)."""
@@ -488,7 +514,7 @@ def run_active_pretraining(out: PathLike, settings: LoopSettings = LoopSettings(
         raise ActivePretrainingError(f"strategies {unknown or '(none)'}: use {', '.join(STRATEGIES)}")
     out = Path(out).absolute()
     pools = open_tasks(settings)
-    rows, selections = [], {}
+    selections = {}
     with output_lock(out):
         claim_settings(out, settings)
         for seed in seeds:
@@ -496,9 +522,8 @@ def run_active_pretraining(out: PathLike, settings: LoopSettings = LoopSettings(
             r0 = out / f"s{seed}" / "r0"
             log(f"seed {seed}, round 0: {settings.n_start} random frames per task")
             manifest0 = train_round(r0, settings, pools, start, seed, log)
-            errors0 = evaluate_round(r0, manifest0, pools)
+            evaluate_round(r0, manifest0, pools)
             for strategy in strategies:
-                rows += result_rows(seed, strategy, 0, settings.n_start, errors0)
                 train, manifest = start, manifest0
                 for round_ in range(1, settings.rounds + 1):
                     rdir = out / f"s{seed}" / strategy / f"r{round_}"
@@ -511,8 +536,9 @@ def run_active_pretraining(out: PathLike, settings: LoopSettings = LoopSettings(
                         f"(mean added {settings.criterion} "
                         f"{np.mean([t['mean_added_score'] for t in record['tasks'].values()]):.4f})")
                     manifest = train_round(rdir, settings, pools, train, seed, log)
-                    rows += result_rows(seed, strategy, round_, settings.frames_per_task(round_),
-                                        evaluate_round(rdir, manifest, pools))
+                    evaluate_round(rdir, manifest, pools)
+        # the tables: every finished seed in out, this command's and earlier ones'
+        rows = finished_rows(out, settings, strategies)
         summary = summarise(rows)
         text = markdown(summary, settings)
         paths = write_csv_and_markdown(out, rows, text)
