@@ -194,3 +194,30 @@ def test_a_packed_database_is_reused_until_the_database_changes(tmp_path, tiny_d
     assert changed.path != first.path and len(changed) == 38
     energy_only = pack_ase_database(db, forces_key=None, cache=tmp_path / "cache")
     assert energy_only.forces("labels") is None and energy_only.path != changed.path
+
+
+def test_processes_that_find_a_cache_entry_missing_pack_it_once(tiny_db, tmp_path, monkeypatch):
+    """Two DDP ranks used to pack the same database at once and race to rename their copies
+    onto one folder (OSError: Directory not empty). The second packer now waits for the
+    first one's lock and then reuses its copy instead of packing again."""
+    import threading
+
+    import spk_meta.data.pack as pack_module
+    from spk_meta.utils.atomic import exclusive_lock
+
+    out = pack_module.packed_path(tiny_db, "energy", "forces", cache=tmp_path)
+    calls = []
+    real_pack = pack_module._pack
+    monkeypatch.setattr(pack_module, "_pack", lambda *a: (calls.append(a[-2]), real_pack(*a)))
+    result = {}
+    with exclusive_lock(out.parent / f".{out.name}.lock"):  # "rank 0" is packing
+        waiter = threading.Thread(target=lambda: result.update(store=pack_module.pack_ase_database(tiny_db,
+                                                                                                   cache=tmp_path)))
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and not out.exists()  # "rank 1" waits instead of packing beside it
+        md = pack_module.read_database_metadata(tiny_db)
+        real_pack(tiny_db, md, md["_property_unit_dict"], "energy", "forces", True, out, False)
+    waiter.join(timeout=60)
+    assert not waiter.is_alive() and calls == []  # it reused the copy packed while it waited
+    assert result["store"].path == out and len(result["store"]) == 40

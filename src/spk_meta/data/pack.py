@@ -22,6 +22,7 @@ from ase.db import connect
 from tqdm.auto import tqdm
 
 from spk_meta.data.level_of_theory import METADATA_KEY
+from spk_meta.utils.atomic import exclusive_lock
 from spk_meta.data.store import (
     LabelSet,
     PackedStore,
@@ -112,12 +113,32 @@ def pack_ase_database(
         )
     has_forces = forces_key is not None and forces_key in unit_dict
     out = packed_path(db_path, energy_key, forces_key if has_forces else None, cache)
+    store = _packed_copy(out, db_path)
+    if store is not None:
+        return store
+    # one packer per cache entry: DDP ranks (or runs) that all find it missing would
+    # otherwise race to rename their copies onto the same folder
+    with exclusive_lock(out.parent / f".{out.name}.lock"):
+        store = _packed_copy(out, db_path)  # packed by another process while this one waited
+        if store is not None:
+            return store
+        remove_stale_temporaries(out.parent)
+        _pack(db_path, md, unit_dict, energy_key, forces_key, has_forces, out, progress)
+    return PackedStore(out)
+
+
+def _packed_copy(out: Path, db_path: Path) -> Optional[PackedStore]:
+    """The packed store at ``out`` if it is of ``db_path`` as the file is now, else None."""
     if out.exists():
         store = PackedStore(out)
         if store.source.get("database") == file_identity(db_path):
             return store
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out.parent)
+    return None
+
+
+def _pack(db_path: Path, md: dict, unit_dict: dict, energy_key: str, forces_key: Optional[str], has_forces: bool,
+          out: Path, progress: Optional[bool]) -> None:
+    """Write the packed copy of ``db_path`` to ``out`` (see :func:`pack_ase_database`)."""
     level = md.get(METADATA_KEY)
     labels = LabelSet(
         LABELS,
@@ -151,7 +172,6 @@ def pack_ase_database(
                         digest.update(part.tobytes())
                 w.add_frame(numbers, positions, {LABELS: (energy, forces)}, source_index=row.id - 1, cell=cell, pbc=pbc)
             w.source["content_sha256"] = digest.hexdigest()
-    return PackedStore(out)
 
 
 def _row_labels(path: Path, row, energy_key: str, forces_key: Optional[str]):

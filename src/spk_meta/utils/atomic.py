@@ -1,10 +1,27 @@
 """Write-then-rename, so readers never see a half-written file."""
 
 import contextlib
+import fcntl
 import os
 import uuid
 from pathlib import Path
 from typing import Iterator, Union
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Union[str, Path]) -> Iterator[Path]:
+    """Hold an exclusive ``fcntl.flock`` on the file ``path`` (created if missing) for the
+    block, waiting for another process that holds it: one writer of a shared file at a time
+    (e.g. two DDP ranks that both find a cache entry missing). Released when the block
+    ends or the process dies; the lock file itself is left in place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
