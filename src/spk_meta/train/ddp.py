@@ -17,6 +17,8 @@ Use it with ``use_distributed_sampler=False`` (each rank draws its own tasks and
         _target_: spk_meta.train.ReptileDDPStrategy
 """
 
+import multiprocessing
+
 import torch
 import torch.distributed as dist
 from pytorch_lightning.strategies import DDPStrategy
@@ -64,3 +66,13 @@ class ReptileDDPStrategy(DDPStrategy):
     def configure_ddp(self) -> None:
         # identical θ on every rank, as DDP's constructor would have ensured
         broadcast_module_state(self.model)
+
+    def teardown(self) -> None:
+        super().teardown()
+        if multiprocessing.parent_process() is not None and dist.is_available() and dist.is_initialized():
+            # A worker started by Lightning's multiprocessing launcher (start_method spawn or
+            # fork) returns to the launcher and exits right after this; leaving its gloo
+            # process group to the interpreter's exit occasionally aborted the process
+            # ("terminate called without an active exception") after a finished fit.
+            # Processes started as scripts (spktrain's DDP) keep theirs for trainer.test.
+            dist.destroy_process_group()
