@@ -196,6 +196,23 @@ def test_a_packed_database_is_reused_until_the_database_changes(tmp_path, tiny_d
     assert energy_only.forces("labels") is None and energy_only.path != changed.path
 
 
+def test_a_store_moved_aside_by_a_killed_overwrite_is_put_back(tmp_path, frames):
+    """An overwrite moves the old store aside, then renames the new one in; a writer killed
+    between the two left the old store hidden and nothing under its name."""
+    kept = _write(tmp_path / "a.spkstore", frames[:3])
+    aside = tmp_path / ".a.spkstore.999999999-abcdef12.old"  # its writer (pid) is dead
+    os.replace(kept, aside)
+    replaced = _write(tmp_path / "b.spkstore", frames[:2])
+    stale = tmp_path / ".b.spkstore.999999999-12345678.old"  # the new b is in place already
+    _write(stale, frames[:1])
+    live = tmp_path / f".c.spkstore.{os.getpid()}-abcdef12.old"  # a live writer's: left alone
+    live.mkdir()
+    with pytest.warns(UserWarning, match=r"a.spkstore: a writer replacing this store was killed"):
+        assert remove_stale_temporaries(tmp_path) == [stale]
+    assert len(PackedStore(tmp_path / "a.spkstore")) == 3 and not aside.exists()
+    assert len(PackedStore(replaced)) == 2 and not stale.exists() and live.exists()
+
+
 def test_processes_that_find_a_cache_entry_missing_pack_it_once(tiny_db, tmp_path, monkeypatch):
     """Two DDP ranks used to pack the same database at once and race to rename their copies
     onto one folder (OSError: Directory not empty). The second packer now waits for the

@@ -31,6 +31,7 @@ import os
 import re
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -358,7 +359,9 @@ class StoreWriter(AllOrNothing):
             if self.path.exists():
                 if not self.overwrite:
                     raise FileExistsError(f"{self.path} appeared while it was being written; not replaced")
-                old = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.old")
+                # named like a temporary (pid): a kill between the two renames leaves it for
+                # remove_stale_temporaries to put back
+                old = self.path.with_name(f".{self.path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.old")
                 os.replace(self.path, old)
                 os.replace(self.tmp, self.path)
                 shutil.rmtree(old, ignore_errors=True)
@@ -382,17 +385,35 @@ class StoreWriter(AllOrNothing):
 TEMPORARY_STORE_NAME = re.compile(r"^\.(?P<name>.+" + re.escape(STORE_SUFFIX) + r")\.(?P<pid>\d+)-[0-9a-f]{8}\.tmp$")
 
 
+#: A store being replaced (``overwrite``): ``.NAME.PID-XXXXXXXX.old``, moved aside just
+#: before the new one is renamed in.
+REPLACED_STORE_NAME = re.compile(r"^\.(?P<name>.+" + re.escape(STORE_SUFFIX) + r")\.(?P<pid>\d+)-[0-9a-f]{8}\.old$")
+
+
 def remove_stale_temporaries(folder: PathLike) -> List[Path]:
     """Remove temporary store folders in ``folder`` whose writing process no longer runs.
 
     Temporary folders are named ``.NAME.PID-XXXXXXXX.tmp``; one whose PID is alive is left
-    alone (another writer may be working). Returns the removed paths.
+    alone (another writer may be working). A store moved aside by a killed overwrite
+    (``.NAME.PID-XXXXXXXX.old``) is renamed back to ``NAME`` when the writer died before the
+    new store took that name (with a warning), else removed. Returns the removed paths.
     """
     removed = []
     for p in stale_temporaries(folder, TEMPORARY_STORE_NAME):
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
+    for p in stale_temporaries(folder, REPLACED_STORE_NAME):
+        final = p.with_name(REPLACED_STORE_NAME.match(p.name)["name"])
+        if not p.is_dir():
+            continue
+        if final.exists():
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        else:
+            os.replace(p, final)
+            warnings.warn(f"{final}: a writer replacing this store was killed after moving it aside to "
+                          f"{p.name}; the old store is back under its name", stacklevel=2)
     return removed
 
 
