@@ -15,7 +15,6 @@ of electrons fails and is reported as failed. Needs the ``datagen`` extra (PySCF
 import hashlib
 import json
 import os
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import numpy as np
 from ase.data import chemical_symbols
 from ase.units import Bohr, Hartree
 from tqdm.auto import tqdm
+
+from spk_meta.utils import atomic_path
 
 PathLike = Union[str, Path]
 
@@ -158,17 +159,14 @@ def single_point(numbers: np.ndarray, positions_ang: np.ndarray,
 # -- resumable labelling -------------------------------------------------------------------------
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
+def _write_text_durably(path: Path, text: str) -> None:
+    """``text`` to ``path`` atomically (:func:`~spk_meta.utils.atomic_path`) and synced to disk
+    before the rename: the partial labels are what a killed run resumes from."""
+    with atomic_path(path, overwrite=True) as tmp:
+        with open(tmp, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 class PartialLabels:
@@ -239,7 +237,7 @@ class PartialLabels:
 
     def _rewrite(self) -> None:
         lines = [json.dumps(self.header)] + [json.dumps(self.records[k]) for k in sorted(self.records)]
-        _write_text_atomic(self.path, "\n".join(lines) + "\n")
+        _write_text_durably(self.path, "\n".join(lines) + "\n")
 
     def append(self, record: Dict) -> None:
         with open(self.path, "a") as f:
