@@ -24,7 +24,8 @@ PathLike = Union[str, Path]
 RESERVED = ("experiment", "seed", "run.path", "run.id")
 
 
-def _key(override: str) -> str:
+def override_key(override: str) -> str:
+    """The config key of a Hydra override, without its ``+``/``~`` prefix."""
     return override.split("=", 1)[0].lstrip("+~")
 
 
@@ -40,9 +41,9 @@ def check_overrides(overrides: Sequence[str]) -> List[str]:
     for o in overrides:
         if "=" not in o:
             raise EnsembleError(f"override {o!r} is not KEY=VALUE (spktrain overrides follow the experiment)")
-        if _key(o) in RESERVED:
-            raise EnsembleError(f"override {o!r}: {_key(o)} is set by spkmeta ensemble for each member")
-        if _key(o) == "data.split_file":
+        if override_key(o) in RESERVED:
+            raise EnsembleError(f"override {o!r}: {override_key(o)} is set by spkmeta ensemble for each member")
+        if override_key(o) == "data.split_file":
             path = Path(o.split("=", 1)[1]).expanduser()
             if path.is_absolute() and not path.is_file():
                 raise EnsembleError(
@@ -55,7 +56,7 @@ def check_overrides(overrides: Sequence[str]) -> List[str]:
 
 def member_overrides(experiment: str, seed: int, overrides: Sequence[str]) -> List[str]:
     """The ``spktrain`` overrides that define member runs (without ``run.path``/``run.id``)."""
-    extra = [] if any(_key(o) == "logger" for o in overrides) else ["logger=csv"]
+    extra = [] if any(override_key(o) == "logger" for o in overrides) else ["logger=csv"]
     return [f"experiment={experiment}", f"seed={seed}", *overrides, *extra]
 
 
@@ -69,12 +70,12 @@ def input_hashes(overrides: Sequence[str]) -> Dict[str, str]:
     the model was retrained or the split rewritten with other frames under the same name."""
     out = {}
     for o in overrides:
-        if _key(o) in HASHED_INPUTS:
+        if override_key(o) in HASHED_INPUTS:
             path = Path(o.split("=", 1)[1]).expanduser()
-            if _key(o) == "data.split_file" and not path.is_absolute():
+            if override_key(o) == "data.split_file" and not path.is_absolute():
                 continue  # each member's own file in its run directory (see check_overrides)
             if path.is_file():
-                out[HASHED_INPUTS[_key(o)]] = sha256(path)
+                out[HASHED_INPUTS[override_key(o)]] = sha256(path)
     return out
 
 

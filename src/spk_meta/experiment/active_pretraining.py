@@ -46,6 +46,7 @@ import numpy as np
 
 from spk_meta.active import load_ensemble, train_ensemble
 from spk_meta.active.ranking import rank
+from spk_meta.active.train import override_key
 from spk_meta.active.selection import CRITERIA, STRATIFY, Pool, check_elements, score_pool
 from spk_meta.experiment.plan import CASES
 from spk_meta.experiment.record import sha256
@@ -114,7 +115,7 @@ class LoopSettings:
             if getattr(self, name) < least:
                 raise ActivePretrainingError(f"--{name.replace('_', '-')} must be >= {least}, got {getattr(self, name)}")
         for o in self.overrides:
-            key = o.split("=", 1)[0].lstrip("+~")
+            key = override_key(o)
             if key in LOOP_KEYS:
                 raise ActivePretrainingError(f"override {o!r}: the loop sets {key} for every member "
                                              "(its split file, counts and step budget)")
