@@ -39,6 +39,7 @@ A rerun reuses every finished member whose overrides and split file (SHA-256) ar
 
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -158,6 +159,14 @@ class TaskPool:
         """Database rows of ``positions`` (what a split file holds)."""
         return np.asarray(self.data.db_index, dtype=np.int64)[np.asarray(positions, dtype=np.int64)]
 
+    @cached_property
+    def test_frames(self) -> list:
+        """The fixed test frames as labelled ASE ``Atoms`` (eV, eV/Ang), read once for every round."""
+        from spk_meta.evaluate import read_labelled
+
+        frames = read_labelled(self.data.path)  # position i is frame i of self.data
+        return [frames[int(i)] for i in self.test]
+
 
 def data_config_tasks(name: str) -> Dict[str, str]:
     """``{task: database path}`` of the shipped data config ``configs/data/<name>.yaml``
@@ -274,12 +283,9 @@ def force_rmse(pred: np.ndarray, ref: np.ndarray) -> float:
 def heldout_errors(ensemble, pools: Sequence[TaskPool]) -> Dict[str, Dict]:
     """Per task: force RMSE (eV/Ang) of every member and of the committee mean on the
     fixed test frames."""
-    from spk_meta.evaluate import read_labelled
-
     out = {}
     for p in pools:
-        frames = read_labelled(p.data.path)
-        chosen = [frames[int(i)] for i in p.test]
+        chosen = p.test_frames
         pred = ensemble.predict(chosen)
         ref = np.concatenate([a.get_forces() for a in chosen])  # (n_atoms_total, 3) eV/Ang
         out[p.name] = {"member_forces_rmse": [force_rmse(f, ref) for f in pred.member_forces],
