@@ -48,6 +48,8 @@ from spk_meta.utils import atomic_path
 
 PathLike = Union[str, Path]
 log = logging.getLogger(__name__)
+#: what the data module logs when it reuses a split file (runs check their logs for it)
+REUSE_LOG_LINE = "Reusing the task splits in {}"
 
 #: version written by :func:`save_splits`
 SPLITS_FORMAT_VERSION = 2
@@ -365,7 +367,7 @@ def load_or_draw_splits(
             out[name] = {
                 s: rows_to_positions(path, name, s, saved[name][s], rows, identities[name].path) for s in SPLIT_NAMES
             }
-        log.info("Reusing the task splits in %s", path.absolute())
+        log.info(REUSE_LOG_LINE.format(path.absolute()))
         return out
     out = {name: dict(zip(SPLIT_NAMES, draw_split(len(rows), counts[name], rng))) for name, rows in db_index.items()}
     if path is not None:

@@ -50,6 +50,7 @@ from spk_meta.active.ranking import rank
 from spk_meta.active.train import override_key
 from spk_meta.active.selection import CRITERIA, STRATIFY, Pool, check_elements, score_pool
 from spk_meta.experiment.plan import CASES
+from spk_meta.experiment.launch import split_reuse_line
 from spk_meta.experiment.record import sha256
 from spk_meta.experiment.results import write_csv_and_markdown
 from spk_meta.utils import atomic_path
@@ -267,12 +268,12 @@ def check_split_reused(ensemble_dir: Path, members: int, split: Path) -> None:
     Raises:
         ActivePretrainingError: naming the log.
     """
-    line = f"Reusing the task splits in {split}"
     for i in range(members):
         log_path = ensemble_dir / "logs" / f"m{i}.log"
-        if not log_path.is_file() or line not in log_path.read_text(errors="replace"):
-            raise ActivePretrainingError(f"{log_path}: no line '{line}': member m{i} may not have trained on the "
-                                         f"loop's frames; delete {ensemble_dir} and rerun")
+        missing = split_reuse_line(log_path, split)
+        if missing:
+            raise ActivePretrainingError(f"{log_path}: no line '{missing}': member m{i} may not have trained on "
+                                         f"the loop's frames; delete {ensemble_dir} and rerun")
 
 
 def force_rmse(pred: np.ndarray, ref: np.ndarray) -> float:

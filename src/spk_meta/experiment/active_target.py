@@ -49,7 +49,7 @@ from spk_meta.active.ranking import rank
 from spk_meta.active.selection import Pool, check_elements, score_pool
 from spk_meta.data.splits import TaskSplit, load_splits, save_splits
 from spk_meta.experiment import runner as runner_module
-from spk_meta.experiment.launch import train_recorded
+from spk_meta.experiment.launch import split_reuse_line, train_recorded
 from spk_meta.experiment.plan import CASES, Case, FinetuneRun, Preset, PretrainRun, Variant
 from spk_meta.experiment.record import RunSpec, read_record, sha256
 from spk_meta.experiment.results import write_csv_and_markdown
@@ -278,9 +278,9 @@ def finetune_active(runner: Runner, run: ActiveRun, random_spec: Dict, split_fil
     train_recorded(run_dir, spec, runner_module.spktrain_executable(), log_path, root, log=log,
                    on_start=f"{run.name}: fine-tuning on the committee's structures",
                    overrides=runner_module.absolute_overrides(spec.overrides, root))
-    reused = f"Reusing the task splits in {split_file}"
-    if not log_path.is_file() or reused not in log_path.read_text(errors="replace"):
-        raise ActiveTargetError(f"{log_path}: no line '{reused}': {run.name} may not have trained on the "
+    missing = split_reuse_line(log_path, split_file)
+    if missing:
+        raise ActiveTargetError(f"{log_path}: no line '{missing}': {run.name} may not have trained on the "
                                 "selected structures; delete its run directory and rerun")
     inside = run_dir / "task_splits.npz"
     if not inside.is_file() or sha256(inside) != sha256(split_file):

@@ -12,11 +12,21 @@ import subprocess
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from spk_meta.data.splits import REUSE_LOG_LINE
 from spk_meta.experiment.record import RunSpec, decide, write_finished, write_started
 
 
 class RunFailed(RuntimeError):
     """A training run failed; the message names its run directory and its log."""
+
+
+def split_reuse_line(log_path: Path, split: Path) -> Optional[str]:
+    """``None`` if the ``spktrain`` log ``log_path`` says that its data module reused the
+    split file ``split`` (an absolute path), else the line that is missing from it."""
+    line = REUSE_LOG_LINE.format(split)
+    if log_path.is_file() and line in log_path.read_text(errors="replace"):
+        return None
+    return line
 
 
 def failure_message(label: str, run: Path, what: str, log_path: Path, tail: int = 5) -> str:
