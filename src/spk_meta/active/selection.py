@@ -319,15 +319,16 @@ def partial_labels_path(out: Path) -> Path:
     return out.with_name(out.name + ".labels.partial.jsonl")
 
 
-def check_label(label: str, pool: Pool, out: Path, header: Dict, overwrite: bool) -> None:
+def check_label(label: str, pool: Pool, out: Path, overwrite: bool) -> None:
     """Before any frame is scored: PySCF can compute ``label`` for every element of the
-    pool, the pool is molecular, and a partial labelling next to ``out`` is of this one
-    (as far as known before ranking) or ``overwrite``."""
+    pool, the pool is molecular, and a partial labelling next to ``out`` is at this level
+    (with this PySCF) or ``overwrite``. Its header holds only those: each saved label
+    carries its geometry's hash, and which pool or committee chose it does not change it."""
     from spk_meta.active.label import LabelError, PartialLabels, check_level, code_version
 
     try:
         check_level(label, pool.elements())
-        partial = PartialLabels(partial_labels_path(out), {**header, "level": label, "code": code_version()})
+        partial = PartialLabels(partial_labels_path(out), {"level": label, "code": code_version()})
         partial.check(overwrite)
     except LabelError as err:
         raise SelectionError(f"--label: {err}") from None
@@ -337,7 +338,7 @@ def check_label(label: str, pool: Pool, out: Path, header: Dict, overwrite: bool
                              "molecular (no cell)")
 
 
-def label_chosen(pool: Pool, frames: np.ndarray, source_index: np.ndarray, label: str, out: Path, header: Dict,
+def label_chosen(pool: Pool, frames: np.ndarray, source_index: np.ndarray, label: str, out: Path,
                  overwrite: bool, progress: bool):
     """PySCF labels of the chosen store ``frames`` (keys: their ``source_index``), resumable."""
     from schnetpack.units import convert_units
@@ -351,7 +352,7 @@ def label_chosen(pool: Pool, frames: np.ndarray, source_index: np.ndarray, label
         s = store.atoms_slice(int(f))
         items.append((np.asarray(store.numbers_all[s], dtype=np.int64), np.asarray(store.positions_all[s]) * factor))
     try:
-        return label_frames(items, label, keys=source_index, partial=partial_labels_path(out), header=header,
+        return label_frames(items, label, keys=source_index, partial=partial_labels_path(out),
                             overwrite=overwrite, progress=progress)
     except LabelError as err:
         raise SelectionError(f"--label: {err}") from None
@@ -402,11 +403,8 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
         where = f"{source}" + (f" labelled in '{labels}'" if labels else "")
         raise SelectionError(f"--n {n} is larger than the pool: {len(pool)} frames in {where}")
     check_elements(pool, ensemble)
-    # the partial labels are of geometries at a level (each record carries its geometry's
-    # hash): which pool or committee chose them does not change them
-    label_header = {}
     if label is not None:
-        check_label(label, pool, out, label_header, overwrite)
+        check_label(label, pool, out, overwrite)
     elif pool.kind == "db":
         from spk_meta.data.level_of_theory import METADATA_KEY
 
@@ -447,7 +445,7 @@ def select(ensemble: Union[PathLike, Ensemble], source: PathLike, out: PathLike,
     }
     computed, new = None, None
     if label is not None:
-        computed = label_chosen(pool, frames, source_index, label, out, label_header, overwrite, progress)
+        computed = label_chosen(pool, frames, source_index, label, out, overwrite, progress)
         ok, failed = computed.ok, computed.failed
         failed_index = [int(i) for i in source_index[failed]]
         if len(ok) == 0:
